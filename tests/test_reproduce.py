@@ -1,0 +1,52 @@
+"""`polyalign reproduce` end to end on the tiny profile: manifest, executed notebook, skip on rerun, failure report."""
+import json
+import subprocess
+
+import pytest
+
+
+def _run(cli, *args, timeout=600):
+    return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("run") / "tiny"
+
+
+def test_reproduce_core_then_skip(polyalign_cli, run_dir):
+    r = _run(polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(run_dir), "--only", "core")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    core = m["stages"]["core"]
+    assert core["status"] == "done" and core["last_action"] == "ran"
+    assert set(core["outputs"]) == {"config.yaml", "models/tiny"}
+    assert core["versions"]["torch"].startswith("2.13.0")
+    assert (run_dir / "notebooks" / "00_core.ipynb").is_file()
+    assert (run_dir / "models" / "tiny" / "model.safetensors").is_file()
+    assert "tables" in r.stdout and "manifest.json" in r.stdout
+    r2 = _run(polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(run_dir), "--only", "core")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "stage core: current, skipped" in r2.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["core"]["finished"] == core["finished"]
+
+
+def test_failing_stage_names_cell_and_keeps_artifacts(polyalign_cli, run_dir):
+    before = (run_dir / "models" / "tiny" / "model.safetensors").read_bytes()
+    r = _run(polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(run_dir), "--only", "core",
+             "--set", "models.tiny.hidden_size=-1")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert "stage 'core' failed in cell" in last and "executed notebook:" in last, last
+    assert (run_dir / "models" / "tiny" / "model.safetensors").read_bytes() == before
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["core"]["status"] == "running"
+
+
+def test_unknown_stage(polyalign_cli, tmp_path):
+    r = _run(polyalign_cli, "reproduce", "--out", str(tmp_path / "x"), "--only", "nosuch")
+    assert r.returncode == 2 and "unknown stage 'nosuch'" in r.stderr
+
+
+def test_info(polyalign_cli):
+    r = _run(polyalign_cli, "info", "--profile", "paper")
+    assert r.returncode == 0 and "transformers:" in r.stdout and "Qwen/Qwen2.5-3B" in r.stdout and "cuda:" in r.stdout
