@@ -1,0 +1,113 @@
+"""Bucket-SFT trainer: Eq. 1 by hand, gradient-accumulation invariance, fp32 weights under bf16, resume, bad input."""
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from hypothesis import given, settings, strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from polyalign.bucket_sft import (BucketSFTConfig, BucketSFTTrainer, bucket_masses, bucket_weights, example_weights,
+                                  macro_risk, per_example_token_nll, weighted_risk)
+from polyalign.core import TinyModelSpec, build_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = build_tiny(tmp_path_factory.mktemp("bsft") / "m", TinyModelSpec(corpus_sentences=80, vocab_size=600), seed=1)
+    return d, AutoTokenizer.from_pretrained(d)
+
+
+def toy(n=4, weights=None):
+    weights = weights or [0.5, 1.5, 2.0, 0.25][:n]
+    return Dataset.from_list([{"id": f"t{i}", "weight": float(weights[i % len(weights)]),
+                               "prompt": [{"role": "system", "content": "zh|multi|chat"},
+                                          {"role": "user", "content": f"问题 {i}：what is {i}?"}],
+                               "completion": [{"role": "assistant", "content": ("答 answer " * (i + 2)).strip()}]}
+                              for i in range(n)])
+
+
+def trainer(tiny, ds, out, **kw):
+    d, tok = tiny
+    base = dict(output_dir=str(out), report_to=[], max_length=96, use_cpu=True, save_strategy="no", disable_tqdm=True,
+                seed=0, data_seed=0)
+    base.update(kw)
+    return BucketSFTTrainer(model=AutoModelForCausalLM.from_pretrained(d), args=BucketSFTConfig(**base),
+                            train_dataset=ds, processing_class=tok)
+
+
+def test_whole_set_in_one_batch_equals_eq1_by_hand(tiny, tmp_path):
+    ds = toy(4)
+    tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=4, max_steps=1)
+    batch = tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(4)]))
+    ell = per_example_token_nll(tr.model, batch)
+    by_hand = weighted_risk(ell.tolist(), ["a", "b", "c", "d"], dict(zip("abcd", ds["weight"])))
+    assert tr.compute_loss(tr.model, dict(batch)).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def _accumulated_grads(tiny, tmp_path, bs, ga):
+    "Gradients after one optimiser step's worth of micro-batches, through the Trainer's own training_step (GA scaling)."
+    tr = trainer(tiny, toy(4), tmp_path / f"{bs}x{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                 max_steps=1)
+    tr.current_gradient_accumulation_steps = ga
+    model = tr.model.train()
+    model.zero_grad()
+    examples = [tr.train_dataset[i] for i in range(4)]
+    for s in range(0, 4, bs):
+        tr.training_step(model, tr.data_collator(examples[s:s + bs]))
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def test_gradients_invariant_to_accumulation(tiny, tmp_path):
+    a, b = _accumulated_grads(tiny, tmp_path, 4, 1), _accumulated_grads(tiny, tmp_path, 2, 2)
+    assert max(float(v.abs().max()) for v in a.values()) > 1e-3
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_weights_stay_fp32_under_bf16(tiny, tmp_path):
+    tr = trainer(tiny, toy(4), tmp_path, per_device_train_batch_size=2, max_steps=1, bf16=True)
+    tr.train()
+    assert tr.last_weight_dtype == torch.float32
+
+
+def test_resume_continues_at_the_right_step(tiny, tmp_path):
+    kw = dict(per_device_train_batch_size=1, max_steps=4, save_strategy="steps", save_steps=2, logging_steps=1)
+    tr = trainer(tiny, toy(4), tmp_path, **kw)
+    tr.train()
+    full = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    tr2 = trainer(tiny, toy(4), tmp_path, **kw)
+    tr2.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    resumed = [(h["step"], h["loss"]) for h in tr2.state.log_history if "loss" in h]
+    # the checkpoint's history (steps 1-2) is restored, then steps 3-4 continue exactly as the uninterrupted run
+    assert [s for s, _ in resumed] == [1, 2, 3, 4] and tr2.state.global_step == 4
+    assert [l for _, l in resumed] == pytest.approx(full, rel=1e-4)
+
+
+def test_unsupervised_examples_are_counted(tiny, tmp_path):
+    ds = toy(3)
+    long_prompt = [{"role": "user", "content": "很长的问题 " * 200}]
+    ds = ds.add_item({"id": "long", "weight": 1.0, "prompt": long_prompt, "completion": [{"role": "assistant", "content": "x"}]})
+    tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=2, max_steps=1, max_length=48)
+    assert tr.skipped_unsupervised == 1 and len(tr.train_dataset) == 3
+
+
+def test_bad_inputs(tiny, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        trainer(tiny, toy(4).select([]), tmp_path, per_device_train_batch_size=2, max_steps=1)
+    with pytest.raises(ValueError, match="no 'weight' column"):
+        trainer(tiny, toy(4).remove_columns("weight"), tmp_path, per_device_train_batch_size=2, max_steps=1)
+    with pytest.raises(ValueError, match="finite and > 0"):
+        trainer(tiny, toy(4, [1.0, float("nan"), 1.0, 1.0]), tmp_path, per_device_train_batch_size=2, max_steps=1)
+    with pytest.raises(KeyError, match="missing from the weight table"):
+        example_weights(["en|single|qa|short", "zh|multi|chat|long"], {"en|single|qa|short": 1.0})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from("abcde"), min_size=1, max_size=300), st.data())
+def test_theorem1_properties(buckets, data):
+    losses = data.draw(st.lists(st.floats(0, 20, allow_nan=False), min_size=len(buckets), max_size=len(buckets)))
+    table = bucket_weights(buckets)
+    assert example_weights(buckets, table).mean() == pytest.approx(1.0, rel=1e-6)
+    for mass in bucket_masses(buckets, table).values():
+        assert mass == pytest.approx(1 / len(set(buckets)), rel=1e-6)
+    assert weighted_risk(losses, buckets, table) == pytest.approx(macro_risk(losses, buckets), rel=1e-6, abs=1e-6)  # fp32 weights
