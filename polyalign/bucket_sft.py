@@ -16,7 +16,8 @@ from .core import ConfigError, log
 
 # %% auto #0
 __all__ = ['bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk', 'BucketSFTConfig',
-           'WeightCollator', 'BucketSFTTrainer', 'per_example_token_nll']
+           'WeightCollator', 'BucketSFTTrainer', 'per_example_token_nll', 'sft_arguments', 'lora_config',
+           'make_sft_trainer', 'train_sft']
 
 # %% ../nbs/03_bucket_sft.ipynb #d6bcafb6
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -65,7 +66,7 @@ def macro_risk(losses: Sequence[float], buckets: Sequence[str]) -> float:
     for b, l in zip(buckets, losses): s[b] = s.get(b, 0.0) + float(l)
     return float(np.mean([s[b] / n[b] for b in n]))
 
-# %% ../nbs/03_bucket_sft.ipynb #9238b19c
+# %% ../nbs/03_bucket_sft.ipynb #51927a55
 from accelerate.utils import is_peft_model
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
@@ -139,11 +140,10 @@ class BucketSFTTrainer(SFTTrainer):
         mask = out.label_mask.to(torch.float32)
         per_example = -(out.log_probs.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1)
         loss = (w * per_example).sum() / w.numel()
-        mode = "train" if model.training else "eval"
-        n = mask.sum()
-        self._metrics[mode]["mean_token_accuracy"].append((out.is_top1.sum() / n).item() if n > 0 else 0.0)
-        self._metrics[mode]["mean_weight"].append(w.mean().item())
-        self._metrics[mode]["unweighted_loss"].append(per_example.mean().item())
+        with torch.no_grad():  # one host sync for all logged metrics
+            acc, mw, raw = torch.stack([out.is_top1.sum() / mask.sum().clamp(min=1), w.mean(), per_example.mean()]).tolist()
+        metrics = self._metrics["train" if model.training else "eval"]
+        metrics["mean_token_accuracy"].append(acc); metrics["mean_weight"].append(mw); metrics["unweighted_loss"].append(raw)
         return (loss, out) if return_outputs else loss
 
 # %% ../nbs/03_bucket_sft.ipynb #47c77fc5
@@ -156,3 +156,64 @@ def per_example_token_nll(model, batch) -> torch.Tensor:
     mask = labels != -100
     tok = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
     return -(tok.sum(1) / mask.sum(1).clamp(min=1))
+
+# %% ../nbs/03_bucket_sft.ipynb #66d21ca2
+def _world_size() -> int:
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sft_arguments(sft, output_dir, *, seed: int, weighted: bool):
+    "TRL arguments for Full-SFT (`weighted=False`: stock `SFTConfig`) or Bucket-SFT (`BucketSFTConfig`)."
+    per_step = sft.per_device_batch_size * _world_size()
+    if sft.examples_per_step % per_step:
+        raise ConfigError(f"sft.examples_per_step={sft.examples_per_step} is not a multiple of per_device_batch_size x devices = {per_step}")
+    cls = BucketSFTConfig if weighted else SFTConfig
+    return cls(output_dir=str(output_dir), per_device_train_batch_size=sft.per_device_batch_size,
+               gradient_accumulation_steps=sft.examples_per_step // per_step, learning_rate=sft.learning_rate,
+               num_train_epochs=sft.num_train_epochs, lr_scheduler_type=sft.lr_scheduler_type,
+               warmup_steps=sft.warmup_ratio, max_length=sft.max_length, bf16=sft.bf16,
+               gradient_checkpointing=sft.gradient_checkpointing, logging_steps=sft.logging_steps,
+               save_strategy="steps", save_steps=sft.save_steps, save_total_limit=sft.save_total_limit,
+               report_to=[], seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
+               completion_only_loss=True, dataloader_num_workers=0, disable_tqdm=False)
+
+
+def lora_config(sft):
+    "A PEFT `LoraConfig` when `sft.lora` is on, else None."
+    if not sft.lora: return None
+    from peft import LoraConfig
+    return LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
+                      target_modules=sft.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def make_sft_trainer(method: str, model_path, dataset, sft, output_dir, *, seed: int, trust_remote_code: bool = False):
+    "`full_sft` → TRL's stock SFTTrainer; `bucket_sft` → BucketSFTTrainer. Same data (the weight column is dropped for Full-SFT)."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if method not in ("full_sft", "bucket_sft"): raise ValueError(f"unknown SFT method '{method}'")
+    weighted = method == "bucket_sft"
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code,
+                                                 dtype=torch.bfloat16 if sft.bf16 else torch.float32)
+    args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted)
+    if not weighted and "weight" in dataset.column_names: dataset = dataset.remove_columns("weight")
+    cls = BucketSFTTrainer if weighted else SFTTrainer
+    return cls(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(sft))
+
+
+def train_sft(trainer, output_dir) -> dict:
+    "Train, resuming from the newest checkpoint in `output_dir` if one exists; save the final model to `output_dir/final`."
+    from pathlib import Path
+    from transformers.trainer_utils import get_last_checkpoint
+    output_dir = Path(output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last: log.info("resuming %s from %s", output_dir.name, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    trainer.processing_class.save_pretrained(str(final))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {"final": str(final), "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "resumed_from": last, "history": history,
+            "skipped_unsupervised": getattr(trainer, "skipped_unsupervised", 0)}

@@ -27,13 +27,13 @@ import yaml
 
 # %% auto #0
 __all__ = ['log', 'PACKAGES', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS', 'ConfigError', 'TinyModelSpec', 'ModelsConfig',
-           'MetricsConfig', 'FeaturesConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override',
-           'apply_overrides', 'project_root', 'config_dir', 'profiles', 'read_yaml', 'load_config', 'save_config',
-           'stable_hash', 'file_hash', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'write_jsonl',
-           'read_jsonl', 'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed',
-           'seed_everything', 'package_versions', 'config_section_hash', 'manifest_path', 'read_manifest',
-           'stage_is_current', 'StageResult', 'run_stage', 'stage_config', 'run_path', 'default_corpus',
-           'build_tokenizer', 'build_model', 'build_tiny']
+           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'RunConfig',
+           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root', 'config_dir',
+           'profiles', 'read_yaml', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'atomic_path',
+           'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'append_jsonl',
+           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
+           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
+           'stage_config', 'run_path', 'default_corpus', 'build_tokenizer', 'build_model', 'build_tiny']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -44,7 +44,7 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-# %% ../nbs/00_core.ipynb #104568fd
+# %% ../nbs/00_core.ipynb #d9c8ab46
 class ConfigError(ValueError):
     "A configuration problem a user must fix; its message is one line naming the problem."
 
@@ -116,6 +116,79 @@ class FeaturesConfig:
 
 
 @dataclass
+class DataConfig:
+    "The bilingual corpus built by the `data` stage (01_data): sources, tokenizers, length bins, splits, dedup, renderer, tiny fixtures."
+    sources: list[str] = field(default_factory=lambda: [
+        "dolly", "eli5_category", "dailydialog", "ms_marco", "coqa", "squad_v2", "natural_questions", "multiwoz",
+        "coig_cqia", "hc3_chinese", "oasst2_zh", "cmrc2018", "drcd", "dureader"])
+    source_mode: str = "tiny"  # tiny = generate raw fixtures into raw_dir then read them; local = read raw_dir; hub = download
+    raw_dir: str = ""  # raw files in each source's own layout ("" = <run_dir>/raw)
+    hub_ids: dict[str, str] = field(default_factory=dict)  # dataset -> hub id or base URL (hub mode; empty = built-in ids)
+    revisions: dict[str, str] = field(default_factory=dict)  # dataset -> pinned hub revision / git commit (hub mode)
+    tokenizers: dict[str, str] = field(default_factory=lambda: {"en": "pa-mixed-v1", "zh": "pa-mixed-v1"})  # language -> length tokenizer
+    length_bins: dict[str, list[int]] = field(default_factory=lambda: {"en": [40, 120, 240], "zh": [40, 120, 240]})  # short/medium/long upper bounds
+    bucket_fields: list[str] = field(default_factory=lambda: ["language", "track", "family", "length_bin"])  # add style_bucket for 5-part keys
+    split_seed: int = 42  # seed of the md5 hash split (the authors' 42), separate from the training seed
+    split_ratios_3way: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train/val/test of train-only releases
+    split_ratios_2way: list[float] = field(default_factory=lambda: [0.9, 0.1])  # train/val carved from an official train split
+    eli5_validation2: str = "test"  # test (matches Table 1), val, or drop
+    paper_compat_keep_unanswerable: bool = False  # keep SQuAD v2 unanswerables ("" targets) and CoQA "unknown" as the authors did
+    near_dup: bool = True  # MinHash near-duplicate detection across splits (counts reported)
+    near_dup_drop: bool = False  # also drop the lower-precedence member of each cross-split near-duplicate pair
+    near_dup_threshold: float = 0.8  # estimated Jaccard similarity of token 3-gram shingles
+    near_dup_num_perm: int = 64
+    min_test_bucket: int = 20  # test rows a bucket needs to count as evaluated (Table 1 flag)
+    render_system_prompt: str = "You are a helpful assistant. Answer the way a person would in this setting."
+    render_system_fields: list[str] = field(default_factory=lambda: ["language", "track", "family", "style_bucket"])
+    render_context_layout: str = "Context:\n{context}\n\nQuestion:\n{question}"  # final user turn when a record has context
+    paper_compat_gold_length_bin: bool = False  # put the human answer's length_bin in the system profile (oracle at test time)
+    tiny_scale: float = 1.0  # multiplies the tiny fixture row counts
+
+
+@dataclass
+class SFTStageConfig:
+    "Full-SFT and Bucket-SFT (03_bucket_sft). Defaults are the paper's (§4.1, App. C); one setting serves both methods."
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])  # one model per language, as in the paper
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    examples_per_step: int = 64  # per optimiser step, over devices and accumulation
+    per_device_batch_size: int = 4
+    max_length: int = 2048  # prompt + answer tokens; longer prompts are cut from the left by the renderer
+    weight_clip: list[float] = field(default_factory=list)  # [lo, hi] clips bucket weights (off: the paper's objective)
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    max_train_examples: int = 0  # 0 = every train example; otherwise a seeded subset (smoke runs)
+
+
+@dataclass
+class GenerateConfig:
+    "Decoding and generation (06_generate): one setting for every method (paper App. B/C)."
+    backend: str = "hf"  # hf (transformers generate) or vllm (GPU servers only)
+    temperature: float = 0.1
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    frequency_penalty: float = 0.1
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 256  # one budget for every method (CoT included)
+    max_prompt_tokens: int = 3840  # prompts are cut from the left of history/context to fit
+    batch_size: int = 16
+    methods: list[str] = field(default_factory=lambda: ["base_lm", "cot", "full_sft", "bucket_sft"])
+    splits: list[str] = field(default_factory=lambda: ["test"])  # plus train prompts for the preference stages
+    vllm_gpu_memory_utilization: float = 0.85
+    vllm_data_parallel: int = 0  # 0 = one engine per visible GPU
+
+
+@dataclass
 class RunConfig:
     "The one object every stage reads. `run_dir` is where every artifact of the run lives."
     profile: str = "tiny"
@@ -125,6 +198,9 @@ class RunConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 # %% ../nbs/00_core.ipynb #13566543
 def _hints(cls) -> dict[str, Any]:

@@ -26,12 +26,13 @@ __all__ = ['LANGUAGES', 'UTILITY_COLUMNS', 'TABLE2_METRICS', 'METHOD_ORDER', 'ME
            'mauve_cluster_count', 'mauve_sample', 'mauve_score', 'mauve_quantize', 'mauve_from_histograms',
            'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm', 'bounded_geomean', 'pareto_frontier',
            'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate', 'bootstrap_ci', 'method_label',
-           'reported_model', 'table2', 'write_table2']
+           'reported_model', 'table2', 'write_table2', 'prediction_files', 'sanity_predictions',
+           'mauve_featurizer_path', 'load_test_split', 'evaluate_run', 'table2_cells', 'write_run_outputs']
 
-# %% ../nbs/07_metrics.ipynb #4b75c852
+# %% ../nbs/07_metrics.ipynb #c858bf8f
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 _ZH_TOKEN = re.compile(f"[{_HAN}]|[^\\W_{_HAN}]+")
-_PUNCT = set(string.punctuation)
+_DROP_PUNCT = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 LANGUAGES = ("en", "zh")
 
@@ -45,7 +46,7 @@ def normalize_text(text: str | None) -> str:
 
 def squad_normalize(text: str) -> str:
     "The official SQuAD answer normalisation: lowercase, delete ASCII punctuation, drop articles, collapse whitespace."
-    text = "".join(ch for ch in str(text).lower() if ch not in _PUNCT)
+    text = str(text).lower().translate(_DROP_PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
@@ -763,3 +764,109 @@ def write_table2(cells: pd.DataFrame, out_dir: str | Path, reported: pd.DataFram
     out = Path(out_dir)
     return [atomic_write_text(out / f"{name}.csv", wide.to_csv(index=False)), atomic_write_text(out / f"{name}.md", md),
             atomic_write_text(out / f"{name}.tex", tex)]
+
+# %% ../nbs/07_metrics.ipynb #38cb7345
+def _jsonable(o):
+    if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray): return [_jsonable(v) for v in o.tolist()]
+    if isinstance(o, (np.integer,)): return int(o)
+    if isinstance(o, (float, np.floating)): return float(o) if math.isfinite(o) else None
+    if isinstance(o, (np.bool_,)): return bool(o)
+    return o
+
+
+def prediction_files(run_dir: str | Path) -> list[Path]:
+    "Every `predictions/<model>/<method>.jsonl` of a run, sorted."
+    return sorted((Path(run_dir) / "predictions").glob("*/*.jsonl"))
+
+
+def sanity_predictions(test: pd.DataFrame) -> dict[str, list[dict]]:
+    "The two prediction sets evaluated in every run: the human test answers themselves, and the empty answer."
+    return {"Human": [{"id": i, "prediction": a} for i, a in zip(test["id"], test["human_answer"])],
+            "Empty": [{"id": i, "prediction": ""} for i in test["id"]]}
+
+
+def mauve_featurizer_path(cfg) -> str:
+    "The featuriser model: the locally built tiny encoder (built on first use) or the configured hub id / path."
+    from polyalign.core import build_tiny, run_path
+    if cfg.metrics.mauve_featurizer != "tiny": return cfg.metrics.mauve_featurizer
+    d = run_path(cfg, "models", "mauve-featurizer")
+    if not (d / "config.json").exists():
+        build_tiny(d, cfg.models.tiny, seed=derive_seed(cfg.seed, "mauve-featurizer"), kind="encoder")
+    return str(d)
+
+
+def load_test_split(cfg) -> pd.DataFrame:
+    "The run's test split restricted to the configured languages; a missing file or column is an error."
+    from polyalign.core import read_parquet, run_path
+    p = run_path(cfg, "data", "test.parquet")
+    if not p.exists(): raise FileNotFoundError(f"test split not found: {p} (run the data stage first)")
+    test = read_parquet(p)
+    need = {"id", "language", "bucket_id", "dataset", "family", "track", "question", "human_answer"}
+    if need - set(test.columns): raise ValueError(f"{p}: missing columns {sorted(need - set(test.columns))}")
+    return test[test["language"].isin(cfg.metrics.languages)].reset_index(drop=True)
+
+
+def evaluate_run(cfg, test: pd.DataFrame, extract=None, references: Any = None, human_features=None, embed=None) -> list[Evaluation]:
+    """Evaluate the sanity sets and every prediction file of `cfg.run_dir`. `extract(texts, languages) -> (values, names)`
+    and `embed(texts) -> array` default to `polyalign.features.extract_features` and the configured featuriser."""
+    if extract is None:
+        from polyalign.features import extract_features
+        def extract(texts, languages):
+            fm = extract_features(list(texts), list(languages)); return np.asarray(fm.values, dtype=np.float64), list(fm.names)
+    if embed is None:
+        model_dir, m = mauve_featurizer_path(cfg), cfg.metrics
+        embed = lambda texts: featurize_texts(texts, model_dir, m.mauve_pooling, m.mauve_max_length, m.mauve_batch_size, m.mauve_device,
+                                              cfg.models.trust_remote_code)
+    if human_features is None: human_features = extract(test["human_answer"].tolist(), test["language"].tolist())
+    H, names = human_features
+    He = embed(test["human_answer"].tolist())
+    sets: list[tuple[str, str, list[dict] | Path]] = [("sanity", k, v) for k, v in sanity_predictions(test).items()]
+    sets += [(p.parent.name, method_label(p.stem), p) for p in prediction_files(cfg.run_dir)]
+    evals = []
+    for model, method, src in sets:
+        aligned = load_predictions(src, test) if isinstance(src, Path) else align_predictions(test, src, f"{model}/{method}")
+        log.info("metrics: %s / %s: %d rows", model, method, len(aligned))
+        if method == "Human":
+            G, Ge = H, He
+        else:
+            G, gnames = extract(aligned["prediction"].tolist(), aligned["language"].tolist())
+            if list(gnames) != list(names): raise ValueError("generated and human feature names differ")
+            Ge = embed(aligned["prediction"].tolist())
+        for lang in cfg.metrics.languages:
+            sel = (aligned["language"] == lang).to_numpy()
+            if not sel.any(): continue
+            evals.append(evaluate(aligned[sel], G[sel], H[sel], names, Ge[sel], He[sel], references, cfg.metrics, cfg.seed, model, method))
+    return evals
+
+
+def table2_cells(evals: Sequence[Evaluation]) -> pd.DataFrame:
+    "Long Table 2 cells (model, method, language, the five metrics and their intervals) from evaluations."
+    out = []
+    for e in evals:
+        rec = {"model": e.model, "method": e.method, "language": e.language, **e.table2_cells()}
+        for m in TABLE2_METRICS:
+            ci = e.summary.get("ci", {}).get(m, {})
+            rec[f"{m}_low"], rec[f"{m}_high"] = ci.get("low", np.nan), ci.get("high", np.nan)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def write_run_outputs(cfg, evals: Sequence[Evaluation]) -> list[Path]:
+    "Table 2 under `tables/`, summaries and per-row / per-bucket / per-feature details under `metrics/`."
+    from polyalign.core import project_root, run_path, write_json, write_parquet
+    tag = lambda e, df: df.assign(model=e.model, method=e.method, language=e.language) if len(df) else df
+    reported = None
+    if cfg.profile == "paper":
+        p = project_root() / "papers" / "polyalign" / "reported" / "table2_main.csv"
+        reported = pd.read_csv(p, dtype=str)
+    cells = table2_cells(evals)
+    out = write_table2(cells, run_path(cfg, "tables"), reported, cfg.metrics.paper_compat_truncate)
+    out.append(write_json(run_path(cfg, "metrics", "summary.json"), _jsonable([e.summary for e in evals])))
+    rows = pd.concat([tag(e, e.rows) for e in evals], ignore_index=True)
+    out.append(write_parquet(run_path(cfg, "metrics", "rows.parquet"), rows))
+    out.append(write_parquet(run_path(cfg, "metrics", "buckets.parquet"), pd.concat([tag(e, e.buckets) for e in evals], ignore_index=True)))
+    feats = [tag(e, e.bng_features) for e in evals if len(e.bng_features)]
+    if feats: out.append(write_parquet(run_path(cfg, "metrics", "bng_features.parquet"), pd.concat(feats, ignore_index=True)))
+    return out

@@ -23,7 +23,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
            'outputs_summary', 'device_info', 'info', 'main']
 
-# %% ../nbs/11_reproduce.ipynb #0da184d0
+# %% ../nbs/11_reproduce.ipynb #202373b0
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -34,6 +34,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("core", "00_core.ipynb", "resolve the config, build the tiny checkpoint"),
     Stage("features", "02_features.ipynb", "linguistic features of every split's human answers, bucket references fit on train"),
+    Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 
 

@@ -1,0 +1,66 @@
+"""Bucket-SFT vs stock SFTTrainer: median step time on identical batches of the tiny model (same process)."""
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+STEPS, ROUNDS = 25, 2
+
+
+def main() -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from polyalign.bucket_sft import BucketSFTConfig, BucketSFTTrainer
+    from polyalign.core import TinyModelSpec, build_tiny
+
+    class StepTimer(TrainerCallback):
+        def __init__(self): self.times, self.t0 = [], None
+        def on_step_begin(self, *a, **k): self.t0 = time.perf_counter()
+        def on_step_end(self, *a, **k): self.times.append(time.perf_counter() - self.t0)
+
+    tmp = Path(tempfile.mkdtemp())
+    model_dir = build_tiny(tmp / "m", TinyModelSpec(), seed=0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = [{"prompt": [{"role": "system", "content": "en|single|qa|medium"},
+                        {"role": "user", "content": f"Question {i}: explain the idea number {i} in a few words. 请解释。"}],
+             "completion": [{"role": "assistant", "content": ("The answer is a sentence of moderate length. " * (1 + i % 4)).strip()}],
+             "weight": 0.5 + (i % 3)} for i in range(STEPS * 8)]
+    ds = Dataset.from_list(rows)
+    common = dict(per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-4, report_to=[], max_length=128,
+                  use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, data_seed=0, logging_steps=1000)
+    med = {"SFTTrainer (Full-SFT)": [], "BucketSFTTrainer": []}
+    for r in range(ROUNDS):
+        for name in med:
+            timer = StepTimer()
+            if name == "BucketSFTTrainer":
+                tr = BucketSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=BucketSFTConfig(output_dir=str(tmp / "b"), **common),
+                                      train_dataset=ds, processing_class=tok, callbacks=[timer])
+            else:
+                tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=SFTConfig(output_dir=str(tmp / "s"), **common),
+                                train_dataset=ds.remove_columns("weight"), processing_class=tok, callbacks=[timer])
+            tr.train()
+            med[name].extend(timer.times[1:])          # first step excluded (warm-up)
+    m = {k: statistics.median(v) for k, v in med.items()}
+    ratio = m["BucketSFTTrainer"] / m["SFTTrainer (Full-SFT)"]
+    out = HERE / "bucket_sft.md"
+    out.write_text("\n".join([
+        "# Bucket-SFT step time", "",
+        f"Tiny Qwen2 model ({sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters()):,} parameters), "
+        f"batch 8, max_length 128, {STEPS} steps per run, {ROUNDS} alternating runs per trainer, first step of each run excluded; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads).", "",
+        "| trainer | median s/step | steps timed |", "|---|---|---|",
+        *[f"| {k} | {m[k]:.4f} | {len(med[k])} |" for k in med], "",
+        f"**Ratio Bucket-SFT / Full-SFT: {ratio:.3f}** (target ≤ 1.03; the paper's own wall-time ratio is 6h05/5h35 ≈ 1.09).", ""]),
+        encoding="utf-8")
+    return out
+
+
+if __name__ == "__main__":
+    print(main())

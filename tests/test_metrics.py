@@ -1,0 +1,196 @@
+"""polyalign.metrics: agreement with independent implementations, Chinese hand-computed values, contract errors."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from polyalign.core import MetricsConfig
+from polyalign.metrics import (PredictionError, aggregate, align_predictions, answer_tokens, bng, evaluate, hypervolume_2d,
+                               lcs_length, mauve_by_bucket, mauve_sample, rouge_l, token_f1, utility_scores, w1)
+
+EN_PAIRS = [("The Eiffel Tower", "eiffel tower"), ("in 1889, in Paris.", "Paris, France in 1889"), ("", "something"), ("", ""),
+            ("a an the", "the"), ("U.S. Army's 3rd division", "the US Army 3rd Division"), ("Well-known fact!", "well known fact"),
+            ("cats and dogs and cats", "dogs cats"), ("Nothing in common", "zzz yyy"), ("  spaced\n\tout  ", "spaced out")]
+
+
+def test_en_em_f1_match_torchmetrics_squad():
+    from torchmetrics.functional.text import squad
+    u = utility_scores([p for p, _ in EN_PAIRS], [r for _, r in EN_PAIRS], ["en"] * len(EN_PAIRS))
+    for i, (p, r) in enumerate(EN_PAIRS):
+        ref = squad([{"prediction_text": p, "id": str(i)}], [{"answers": {"answer_start": [0], "text": [r]}, "id": str(i)}])
+        assert u.em[i] * 100 == pytest.approx(float(ref["exact_match"]), abs=1e-6), (p, r)
+        assert u.f1[i] * 100 == pytest.approx(float(ref["f1"]), abs=1e-4), (p, r)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["the", "cat", "dog", "Sat", "on", "mat", "a", "red", "x-y", "7"]), max_size=30),
+       st.lists(st.sampled_from(["the", "cat", "dog", "sat", "on", "mat", "an", "blue", "xy", "7"]), max_size=30))
+def test_rouge_l_matches_rouge_score_on_english(p, r):
+    from rouge_score import rouge_scorer
+
+    class Tok:
+        def tokenize(self, text): return answer_tokens(text, "en")
+    pred, ref = " ".join(p), " ".join(r)
+    ours = utility_scores([pred], [ref], ["en"]).rouge_l[0]
+    tp, tr = answer_tokens(pred, "en"), answer_tokens(ref, "en")
+    if not tp or not tr:
+        assert ours == float(not tp and not tr)
+    else:
+        theirs = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Tok()).score(ref, pred)["rougeL"].fmeasure
+        assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=60), st.lists(st.integers(0, 5), max_size=60))
+def test_lcs_matches_dynamic_programming(a, b):
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a)):
+        for j in range(len(b)): d[i + 1][j + 1] = d[i][j] + 1 if a[i] == b[j] else max(d[i][j + 1], d[i + 1][j])
+    assert lcs_length(a, b) == d[-1][-1]
+
+
+def test_chinese_character_level_f1_hand_computed():
+    # pred 北京大学 vs ref 北京的大学: 4 common chars, P = 4/4, R = 4/5 -> F1 = 8/9
+    u = utility_scores(["北京大学", "他在2008年去了北京。", "“你好！”", "中国", "Apple公司"],
+                       ["北京的大学", "2008年，他去北京", "你好", "美国", "apple 公司"], ["zh"] * 5)
+    assert u.f1[0] == pytest.approx(8 / 9)
+    # 他 在 2008 年 去 了 北 京 (8) vs 2008 年 他 去 北 京 (6): common 6 -> P 6/8, R 1 -> F1 = 2*0.75/1.75
+    assert answer_tokens("他在2008年去了北京。", "zh") == ["他", "在", "2008", "年", "去", "了", "北", "京"]
+    assert u.f1[1] == pytest.approx(2 * 0.75 / 1.75)
+    assert u.rouge_l[1] == pytest.approx(2 * (5 / 8) * (5 / 6) / (5 / 8 + 5 / 6))  # LCS 他 去 北 京 + 2008 年? -> 5
+    assert (u.em[2], u.f1[2]) == (1.0, 1.0)          # full-width quotes and punctuation removed
+    assert u.f1[3] == pytest.approx(0.5)              # 国 shared: P = R = 1/2
+    assert (u.em[4], u.f1[4]) == (1.0, 1.0)           # Latin word lowercased, spacing irrelevant
+
+
+def test_zh_is_not_whitespace_chunk_match():
+    # the authors' normaliser makes an unspaced answer one token; character level gives partial credit
+    assert token_f1(answer_tokens("北京大学", "zh"), answer_tokens("北京的大学", "zh")) > 0.8
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=40), st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=40))
+def test_w1_matches_scipy(u, v):
+    from scipy.stats import wasserstein_distance
+    assert w1(u, v) == pytest.approx(wasserstein_distance(u, v), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), max_size=12))
+def test_hypervolume_matches_grid_area(points):
+    u = [a / 20 for a, _ in points]; n = [b / 20 for _, b in points]
+    # every rectangle edge is a multiple of 1/20, so counting 1/40-cells by their centres is exact
+    c = (np.arange(40) + 0.5) / 40
+    gu, gn = np.meshgrid(c, c, indexing="ij")
+    covered = np.zeros_like(gu, dtype=bool)
+    for a, b in zip(u, n): covered |= (gu <= a) & (gn <= b)
+    assert hypervolume_2d(u, n) == pytest.approx(covered.sum() / 1600, abs=1e-12)
+
+
+def test_hypervolume_with_reference_point():
+    assert hypervolume_2d([0.5, 0.8], [0.8, 0.3], reference=(0.2, 0.1)) == pytest.approx((0.8 - 0.5) * 0.2 + (0.5 - 0.2) * 0.7)
+    assert hypervolume_2d([0.1], [0.9], reference=(0.2, 0.0)) == 0.0
+
+
+def test_g_mauve_equals_direct_mauve_call():
+    import mauve
+    rng = np.random.default_rng(0)
+    n = 260
+    He = rng.standard_normal((n, 12)).astype(np.float32); Ge = (rng.standard_normal((n, 12)) + 0.3).astype(np.float32)
+    buckets = np.array(["a"] * 200 + ["b"] * 60, dtype=object)
+    cfg = MetricsConfig(mauve_max_texts=150)
+    summ, scopes = mauve_by_bucket(Ge, He, buckets, cfg, seed=5)
+    rows = scopes["__global__"].rows
+    assert len(rows) == 150 and np.array_equal(rows, mauve_sample(n, 150, __import__("polyalign.core", fromlist=["derive_seed"]).derive_seed(5, "mauve-sample", "__global__")))
+    direct = mauve.compute_mauve(p_features=He[rows], q_features=Ge[rows], num_buckets=15, seed=25, device_id=-1, verbose=False).mauve
+    assert summ["global"] == direct
+    rows_b = scopes["b"].rows
+    assert len(rows_b) == 60
+    direct_b = mauve.compute_mauve(p_features=He[rows_b], q_features=Ge[rows_b], num_buckets=6, seed=25, device_id=-1, verbose=False).mauve
+    assert [r["c_mauve"] for r in summ["by_bucket"] if r["bucket_id"] == "b"] == [direct_b]
+
+
+TEST = pd.DataFrame({"id": ["e1", "e2", "z1"], "human_answer": ["a", "b", "中"], "language": ["en", "en", "zh"]})
+
+
+@pytest.mark.parametrize("preds,msg", [
+    ([{"id": "e1", "prediction": "x"}], "2 test ids without a prediction (of 3) (e2, z1)"),
+    ([{"id": i, "prediction": "x"} for i in ["e1", "e2", "z1", "e2", "z1"]], "2 duplicate ids (e2, z1)"),
+    ([{"id": i, "prediction": "x"} for i in ["e1", "e2", "z1", "q9"]], "1 ids not in the evaluated test rows (q9)"),
+    ([{"id": "e1", "prediction": None}, {"id": "e2", "prediction": float("nan")}, {"id": "z1", "prediction": 3}],
+     "3 predictions that are not strings"),
+    ([{"id": "e1", "text": "x"}], "no 'prediction' field"),
+])
+def test_contract_errors_list_ids(preds, msg):
+    with pytest.raises(PredictionError, match="nothing was scored|no 'prediction'") as e:
+        align_predictions(TEST, preds)
+    assert msg in str(e.value)
+
+
+def test_empty_predictions_are_scored_and_counted():
+    u = utility_scores(["", "  \n", "b"], ["b", "", "b"], ["en", "en", "en"])
+    assert u.is_empty.tolist() == [1.0, 1.0, 0.0]
+    assert u.f1.tolist() == [0.0, 1.0, 1.0]   # whitespace vs empty reference: both have no tokens
+
+
+def test_bng_rejects_nan_gaps_and_infinities():
+    H = np.random.default_rng(0).standard_normal((40, 3)); G = H + 1
+    G2 = G.copy(); G2[5, 1] = np.nan
+    with pytest.raises(ValueError, match="feature coverage differs"):
+        bng(G2, H, ["b"] * 40, list("abc"))
+    G3 = G.copy(); G3[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        bng(G3, H, ["b"] * 40, list("abc"))
+    with pytest.raises(ValueError, match="must both be 40 rows"):
+        bng(G[:30], H[:30], ["b"] * 40, list("abc"))
+
+
+def test_bng_eps_floor_and_robust_scale():
+    H = np.zeros((30, 1)); H[0, 0] = 1e-9       # sigma ~ 1.8e-10: the authors would divide by it
+    G = H + 0.01
+    r = bng(G, H, ["b"] * 30, ["f"], eps=1e-3)
+    assert r.overall_macro == pytest.approx(0.01 / 1e-3)
+    assert bng(G, H, ["b"] * 30, ["f"], references={"eligible": {"b": True}, "constant": {"b": ["f"]}}).by_bucket.reason[0] == "no features"
+    rb = bng(G, H, ["b"] * 30, ["f"], scale="robust")
+    assert rb.overall_macro == pytest.approx(10.0)
+
+
+def test_agg_matches_reported_recomputations():
+    assert aggregate(0.2487, 6.3444, 0.5313, 0.1704) == pytest.approx(0.23529, abs=5e-5)
+    assert aggregate(0.4500, 0.4282, 0.7073, 0.8777) == pytest.approx(0.6650, abs=5e-4)   # Llama zh HDPO JSON
+    assert math.isnan(aggregate(float("nan"), float("nan"), float("nan"), 0.5))
+
+
+def _frame(n=60, seed=0):
+    r = np.random.default_rng(seed)
+    fr = pd.DataFrame({"id": [f"r{i}" for i in range(2 * n)], "language": "zh",
+                       "bucket_id": ["zh|single|qa|short"] * n + ["zh|multi|dialogue|short"] * n,
+                       "dataset": "d", "family": ["qa"] * n + ["dialogue"] * n, "track": ["single"] * n + ["multi"] * n,
+                       "question": [f"问题{i}关于{i % 5}" for i in range(2 * n)],
+                       "human_answer": [f"答案是第{i % 7}个，{'非常' * (i % 3)}好" for i in range(2 * n)]})
+    fr["prediction"] = [a[:3] for a in fr["human_answer"]]
+    H = r.standard_normal((2 * n, 4)); G = H + r.standard_normal((2 * n, 4))
+    He = r.standard_normal((2 * n, 6)).astype(np.float32); Ge = He + 1
+    return fr, G, H, Ge, He
+
+
+def test_evaluate_is_deterministic_and_ci_brackets_point():
+    fr, G, H, Ge, He = _frame()
+    cfg = MetricsConfig(bootstrap_samples=40)
+    a = evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=cfg, seed=3)
+    b = evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=cfg, seed=3)
+    assert a.table2_cells() == b.table2_cells() and a.summary["ci"] == b.summary["ci"]
+    for k, v in a.table2_cells().items():
+        ci = a.summary["ci"][k]
+        assert ci["low"] - 1e-9 <= v <= ci["high"] + 1e-9, (k, v, ci)
+    assert 0 < a.summary["tdm"]["overall_macro"] < 1
+    assert a.summary["utility"]["overall"]["qa_f1"] > 0.3   # character-level partial credit in Chinese
+
+
+def test_evaluate_refuses_mixed_languages():
+    fr, G, H, Ge, He = _frame()
+    fr.loc[0, "language"] = "en"
+    with pytest.raises(ValueError, match="one language at a time"):
+        evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=MetricsConfig(bootstrap_samples=0))
