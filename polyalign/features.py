@@ -496,10 +496,10 @@ def _char_entropy(text: str) -> float:
     for ws in [k for k in c if k.isspace()]: del c[ws]
     return _entropy(c.values(), sum(c.values()))
 
-# %% ../nbs/02_features.ipynb #d6b3e67d
+# %% ../nbs/02_features.ipynb #3c72507d
 _WORD_EN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,]\d+)*")
 _WORD_EN_HAN = re.compile(f"[{_HAN_RANGES}]|(?:(?![{_HAN_RANGES}])[^\\W\\d_])+(?:['’](?:(?![{_HAN_RANGES}])[^\\W\\d_])+)*|\\d+(?:[.,]\\d+)*")
-_SENT_SPLIT_EN = re.compile(r"(?<=[.!?…\"'”’)\]])[ \t]+(?=[\"'“‘(\[]?[A-Z0-9])|\n+")
+_SENT_SPLIT_EN = re.compile(r"([.!?…][\"'”’)\]]?)[ \t]+(?=[\"'“‘(\[]?[A-Z0-9])|\n+")
 _VOWELS = re.compile(r"[aeiouy]+")
 _NON_AZ = re.compile(r"[^a-z]")
 
@@ -538,22 +538,26 @@ def sentence_spans_en(text: str) -> list[tuple[int, int]]:
     "Stripped (start, end) spans of English sentences."
     spans, start = [], 0
     for m in _SENT_SPLIT_EN.finditer(text):
-        p = m.start()
-        if "\n" not in m.group():
-            c = text[p - 1]
-            if c not in ".!?…" and (p < 2 or text[p - 2] not in ".!?…"): continue  # a closing quote not after an end mark
-            if c != "." and text[p - 2] != ".": c = ""
-        if "\n" not in m.group() and c:  # a split after a period: not after an abbreviation or an initial
-            last = text[max(text.rfind(" ", 0, p), text.rfind("\n", 0, p)) + 1:p].lstrip(_OPENERS).rstrip("." + _CLOSERS).lower()
-            if last in _ABBREV_EN or (len(last) == 1 and last.isalpha()):
-                continue
-        spans.append((start, m.start())); start = m.end()
+        mark = m.group(1)
+        if mark is None:                             # a newline run
+            end = m.start()
+        else:
+            if mark[0] == ".":                       # not after an abbreviation or an initial
+                p = m.start()
+                last = text[max(text.rfind(" ", 0, p), text.rfind("\n", 0, p), text.rfind("\t", 0, p)) + 1:p].lstrip(_OPENERS).lower()
+                if last in _ABBREV_EN or (len(last) == 1 and last.isalpha()): continue
+            end = m.end(1)
+        spans.append((start, end)); start = m.end()
     spans.append((start, len(text)))
+    return _strip_spans(text, spans)
+
+
+def _strip_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out = []
     for a, b in spans:
-        seg = text[a:b]
-        l = len(seg) - len(seg.lstrip()); r = len(seg.rstrip())
-        if r > l: out.append((a + l, a + r))
+        while a < b and text[a].isspace(): a += 1
+        while b > a and text[b - 1].isspace(): b -= 1
+        if b > a: out.append((a, b))
     return out
 
 
@@ -563,7 +567,8 @@ def _en_features(text: str) -> dict:
     wre = _WORD_EN_HAN if _HAN.search(text) else _WORD_EN
     ms = list(wre.finditer(text))
     surface = [m.group() for m in ms]
-    words = [w.lower().replace("’", "'") for w in surface]
+    words = list(map(str.lower, surface))
+    if "’" in text: words = [w.replace("’", "'") for w in words]
     _word_features(words, d["punctuation_char_count"], d["char_no_space_count"], d)
     d["char_entropy"] = _char_entropy(text)
     spans = sentence_spans_en(text)
@@ -625,19 +630,14 @@ def _sentiment(words: list[str], n: int, lex: dict, negators: frozenset, window:
     d.update(sentiment_positive_ratio=_div(pos, n), sentiment_negative_ratio=_div(neg, n),
              sentiment_polarity=_div(psum - nsum, psum + nsum), sentiment_strength=min(1.0, _div(psum + nsum, vmax * n)))
 
-# %% ../nbs/02_features.ipynb #77d8e624
+# %% ../nbs/02_features.ipynb #183428cc
 _SENT_ZH = re.compile(r"[^。！？!?；;\n]*[。！？!?；;]+[”’」』）)\]\"']*|[^。！？!?；;\n]+")
 _WORDCHAR = re.compile(r"\w")
 
 
 def sentence_spans_zh(text: str) -> list[tuple[int, int]]:
     "Stripped (start, end) spans of Chinese sentences."
-    out = []
-    for m in _SENT_ZH.finditer(text):
-        seg = m.group()
-        l = len(seg) - len(seg.lstrip()); r = len(seg.rstrip())
-        if r > l: out.append((m.start() + l, m.start() + r))
-    return out
+    return _strip_spans(text, [m.span() for m in _SENT_ZH.finditer(text)])
 
 
 _ZH_CONTENT = ("n", "v", "a", "d")

@@ -24,9 +24,9 @@ __all__ = ['LANGUAGES', 'UTILITY_COLUMNS', 'TABLE2_METRICS', 'METHOD_ORDER', 'ME
            'answer_tokens', 'token_f1', 'lcs_length', 'rouge_l', 'utility_scores', 'PredictionError',
            'align_predictions', 'load_predictions', 'summarize_utility', 'w1', 'reference_flags', 'BNGResult', 'bng',
            'mauve_cluster_count', 'mauve_sample', 'mauve_score', 'mauve_quantize', 'mauve_from_histograms',
-           'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm', 'bounded_geomean', 'pareto_frontier',
-           'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate', 'bootstrap_ci', 'method_label',
-           'reported_model', 'table2', 'write_table2', 'prediction_files', 'sanity_predictions',
+           'mauve_from_labels', 'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm', 'bounded_geomean',
+           'pareto_frontier', 'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate', 'bootstrap_ci',
+           'method_label', 'reported_model', 'table2', 'write_table2', 'prediction_files', 'sanity_predictions',
            'mauve_featurizer_path', 'load_test_split', 'evaluate_run', 'table2_cells', 'write_run_outputs']
 
 # %% ../nbs/07_metrics.ipynb #c858bf8f
@@ -191,15 +191,16 @@ def _w1_columns(g: np.ndarray, h: np.ndarray) -> np.ndarray:
         out[k] = w1(a[~np.isnan(a)], b[~np.isnan(b)])
     return out
 
-# %% ../nbs/07_metrics.ipynb #db751bac
+# %% ../nbs/07_metrics.ipynb #43168816
 def reference_flags(references: Any) -> tuple[dict[str, bool] | None, dict[str, set[str]]]:
     "(eligible per bucket or None, constant features per bucket) from a `References` object or a plain dict."
     if references is None: return None, {}
     if isinstance(references, dict):
         elig, const = references.get("eligible"), references.get("constant", {})
         return (dict(elig) if elig is not None else None), {b: set(v) for b, v in const.items()}
-    elig = {b: bool(e) for b, e in references.bucket_eligible().items()}
-    return elig, {b: set(v) for b, v in references.constant_features().items()}
+    const = np.asarray(references.stats["constant"], dtype=bool)
+    return (dict(zip(references.buckets, map(bool, references.eligible))),
+            {b: {f for f, c in zip(references.features, const[i]) if c} for i, b in enumerate(references.buckets)})
 
 
 @dataclass
@@ -275,7 +276,7 @@ def bng(gen: np.ndarray, human: np.ndarray, buckets: Sequence[str], feature_name
     cols = ["bucket_id", "feature", "column", "w1", "scale", "gap", "share"]
     return BNGResult(by_bucket, pd.concat(contrib, ignore_index=True) if contrib else pd.DataFrame(columns=cols), macro, weighted)
 
-# %% ../nbs/07_metrics.ipynb #25fe9d53
+# %% ../nbs/07_metrics.ipynb #2f3a40a9
 def mauve_cluster_count(n: int, setting: int = 0) -> int:
     "Histogram size for `n` rows per side: mauve-text's `max(2, round(n/10))` when `setting` is 0, else `min(setting, max(2, n // 10))`."
     return max(2, int(round(n / 10))) if setting <= 0 else min(setting, max(2, n // 10))
@@ -336,7 +337,16 @@ def mauve_from_histograms(p_hist: np.ndarray, q_hist: np.ndarray, scaling: float
         return ((a[:, 1:] - a[:, :-1]) * (b[:, 1:] + b[:, :-1]) / 2).sum(axis=1)
     return 0.5 * (area(x, y) + area(y, x))
 
-# %% ../nbs/07_metrics.ipynb #25210fdc
+def mauve_from_labels(p_labels: np.ndarray, q_labels: np.ndarray, num_clusters: int) -> float:
+    "MAUVE from cluster labels with mauve-text's own divergence curve (25 weights, scaling 5) and area, as `compute_mauve` ends."
+    from mauve.compute_mauve import compute_area_under_curve, get_divergence_curve_for_multinomials
+    p = np.bincount(p_labels, minlength=num_clusters) / len(p_labels)
+    q = np.bincount(q_labels, minlength=num_clusters) / len(q_labels)
+    x, y = get_divergence_curve_for_multinomials(p, q, np.linspace(1e-6, 1 - 1e-6, 25), 5).T
+    i1, i2 = np.argsort(x), np.argsort(y)
+    return float(0.5 * (compute_area_under_curve(x[i1], y[i1]) + compute_area_under_curve(y[i2], x[i2])))
+
+# %% ../nbs/07_metrics.ipynb #4ef982c1
 @dataclass
 class MauveScope:
     "One MAUVE computation: the rows it used, its value, and (for the bootstrap) cluster labels of both sides."
@@ -358,11 +368,14 @@ def mauve_by_bucket(gen_emb: np.ndarray, human_emb: np.ndarray, buckets: Sequenc
     def run(name, idx):
         rows = idx[mauve_sample(len(idx), mcfg.mauve_max_texts, derive_seed(seed, "mauve-sample", name))]
         k = mauve_cluster_count(len(rows), mcfg.mauve_num_buckets)
-        val = mauve_score(human_emb[rows], gen_emb[rows], mcfg.mauve_num_buckets, mcfg.mauve_seed, mcfg.mauve_kmeans_num_redo, mcfg.mauve_kmeans_max_iter)
-        sc = MauveScope(rows, val, k)
-        if labels:
-            sc.p_labels, sc.q_labels = mauve_quantize(human_emb[rows], gen_emb[rows], k, mcfg.mauve_seed, mcfg.mauve_kmeans_num_redo, mcfg.mauve_kmeans_max_iter)
+        if labels:   # one quantisation serves the point estimate and the bootstrap (equal to compute_mauve; tested)
+            pl, ql = mauve_quantize(human_emb[rows], gen_emb[rows], k, mcfg.mauve_seed, mcfg.mauve_kmeans_num_redo, mcfg.mauve_kmeans_max_iter)
+            sc = MauveScope(rows, mauve_from_labels(pl, ql, k), k, pl, ql)
+        else:
+            sc = MauveScope(rows, mauve_score(human_emb[rows], gen_emb[rows], mcfg.mauve_num_buckets, mcfg.mauve_seed,
+                                              mcfg.mauve_kmeans_num_redo, mcfg.mauve_kmeans_max_iter), k)
         scopes[name] = sc
+        val = sc.value
         return val
     g = run("__global__", np.arange(len(buckets))) if len(buckets) >= mcfg.min_bucket_size else float("nan")
     by, skipped = [], []
@@ -585,7 +598,7 @@ def evaluate(frame: pd.DataFrame, gen_features: np.ndarray | None = None, human_
         summary["ci"] = bootstrap_ci(rows["f1"].to_numpy(), buckets, table, gen_features, human_features, bng_res, scopes, mcfg, seed, lang)
     return Evaluation(model, method, lang, summary, rows, table, bng_res.contributions if bng_res is not None else pd.DataFrame())
 
-# %% ../nbs/07_metrics.ipynb #3822a7d5
+# %% ../nbs/07_metrics.ipynb #97263a6a
 def _chunks(total: int, size: int):
     for s in range(0, total, size): yield s, min(total, s + size)
 
@@ -602,13 +615,15 @@ def _bng_replicates(W: np.ndarray, idx: np.ndarray, g: np.ndarray, h: np.ndarray
         vals = np.concatenate([gc, hc], axis=0)                   # 2n×Fc
         order = np.argsort(vals, axis=0, kind="stable")
         dx = np.diff(np.take_along_axis(vals, order, axis=0), axis=0).T   # Fc×(2n-1)
-        Ws = np.concatenate([Wb, -Wb], axis=1)                    # +w for generated values, -w for human values
+        Ws = np.concatenate([Wb, -Wb], axis=1).astype(np.float32)  # +w for generated values, -w for human values
         fc = int(clean.sum())
         per = max(1, int(2e7 // (fc * 2 * n)))
+        dxt = dx.astype(np.float32)[:, :, None]                   # Fc×(2n-1)×1
         tmp = np.empty((len(W), fc))
         for s, e in _chunks(len(W), per):
-            cum = np.cumsum(Ws[s:e][:, order.T], axis=2)          # (b, Fc, 2n): n·(F_G − F_H) at each merged value
-            tmp[s:e] = np.einsum("bfk,fk->bf", np.abs(cum[:, :, :-1]), dx, dtype=np.float64) / n
+            cum = np.cumsum(Ws[s:e].T[order.T], axis=1)           # (Fc, 2n, b): n·(F_G − F_H) at each merged value (exact integers)
+            np.abs(cum, out=cum)
+            tmp[s:e] = np.matmul(cum[:, :-1, :].transpose(0, 2, 1), dxt)[:, :, 0].T / n
         out[:, clean] = tmp
     for k in np.flatnonzero(~clean):                              # rare: partly missing values; weighted scipy W1
         a, b = ~np.isnan(g[:, k]), ~np.isnan(h[:, k])

@@ -110,6 +110,9 @@ def test_g_mauve_equals_direct_mauve_call():
     assert len(rows_b) == 60
     direct_b = mauve.compute_mauve(p_features=He[rows_b], q_features=Ge[rows_b], num_buckets=6, seed=25, device_id=-1, verbose=False).mauve
     assert [r["c_mauve"] for r in summ["by_bucket"] if r["bucket_id"] == "b"] == [direct_b]
+    # with bootstrap labels the point estimate comes from one quantisation: the same value
+    summ2, scopes2 = mauve_by_bucket(Ge, He, buckets, cfg, seed=5, labels=True)
+    assert summ2["global"] == pytest.approx(direct, abs=1e-12) and scopes2["b"].value == pytest.approx(direct_b, abs=1e-12)
 
 
 TEST = pd.DataFrame({"id": ["e1", "e2", "z1"], "human_answer": ["a", "b", "中"], "language": ["en", "en", "zh"]})
