@@ -688,7 +688,7 @@ def _zh_features(text: str) -> dict:
     _sentiment(words, n, lex, negators, 2, 1.0, d, en=False)
     return d
 
-# %% ../nbs/02_features.ipynb #2eaaeef7
+# %% ../nbs/02_features.ipynb #02867604
 _EXTRACTORS = {"en": _en_features, "zh": _zh_features}
 _LANG_COLS = {lang: [i for i, f in enumerate(TEXT_FEATURES) if lang in f.languages] for lang in LANGUAGES}
 _LANG_NAMES = {lang: [TEXT_FEATURES[i].name for i in cols] for lang, cols in _LANG_COLS.items()}
@@ -754,7 +754,7 @@ def _extract_rows(texts: Sequence[str], langs: Sequence[str]) -> np.ndarray:
 
 
 def _map_batch(batch: dict) -> dict:
-    return {"values": _extract_rows(batch["text"], batch["language"]).tolist()}
+    return {"values": _extract_rows(batch["text"], batch["language"])}
 
 
 def _check_inputs(texts, languages) -> tuple[list[str], list[str]]:
