@@ -17,7 +17,7 @@ from .core import ConfigError, log
 # %% auto #0
 __all__ = ['bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk', 'BucketSFTConfig',
            'WeightCollator', 'BucketSFTTrainer', 'per_example_token_nll', 'sft_arguments', 'lora_config',
-           'make_sft_trainer', 'train_sft']
+           'make_sft_trainer', 'train_sft', 'sft_dataset']
 
 # %% ../nbs/03_bucket_sft.ipynb #d6bcafb6
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -217,3 +217,18 @@ def train_sft(trainer, output_dir) -> dict:
     return {"final": str(final), "global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "resumed_from": last, "history": history,
             "skipped_unsupervised": getattr(trainer, "skipped_unsupervised", 0)}
+
+# %% ../nbs/03_bucket_sft.ipynb #73c78f23
+def sft_dataset(records: Sequence[Mapping], render, table: Mapping[str, float] | None = None):
+    "A `datasets.Dataset` with id, bucket_id, prompt (rendered messages), completion (the human answer) and weight."
+    from datasets import Dataset
+    if len(records) == 0: raise ValueError("sft_dataset: no train records")
+    buckets = [r["bucket_id"] for r in records]
+    table = table if table is not None else bucket_weights(buckets)
+    w = example_weights(buckets, table)
+    rows = []
+    for r, wi in zip(records, w):
+        if not str(r.get("human_answer") or "").strip(): raise ValueError(f"record {r['id']}: empty human_answer")
+        rows.append({"id": str(r["id"]), "bucket_id": r["bucket_id"], "prompt": render(r),
+                     "completion": [{"role": "assistant", "content": r["human_answer"]}], "weight": float(wi)})
+    return Dataset.from_list(rows)

@@ -33,7 +33,8 @@ __all__ = ['log', 'PACKAGES', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS'
            'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'append_jsonl',
            'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
            'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
-           'stage_config', 'run_path', 'default_corpus', 'build_tokenizer', 'build_model', 'build_tiny']
+           'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus', 'build_tokenizer',
+           'build_model', 'build_tiny']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -624,7 +625,7 @@ def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, se
     log.info("stage %s: done in %.1f s; wrote %d outputs", stage, record["wall_time_s"], len(record["outputs"]))
     return record
 
-# %% ../nbs/00_core.ipynb #7a7a0dc4
+# %% ../nbs/00_core.ipynb #e967ecf2
 def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict | None = None, profile: str = "tiny") -> RunConfig:
     "The config a stage notebook runs with: the given YAML (written by `polyalign reproduce`) or a profile, plus overrides."
     cfg = load_config(config_path or profile, overrides)
@@ -636,6 +637,16 @@ def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict
 def run_path(cfg: RunConfig, *parts: str) -> Path:
     "A path under the run directory."
     return Path(cfg.run_dir).joinpath(*parts)
+
+
+def model_slug(name: str) -> str:
+    "A directory-safe name for a model id (`Qwen/Qwen2.5-1.5B` -> `Qwen__Qwen2.5-1.5B`)."
+    return name.replace("/", "__")
+
+
+def base_model_path(cfg: RunConfig, name: str) -> str:
+    "Where a policy's base checkpoint loads from: the run's tiny build for `tiny`, else the hub id (or local path) as given."
+    return str(run_path(cfg, "models", "tiny")) if name == "tiny" else name
 
 # %% ../nbs/00_core.ipynb #ddda0c14
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

@@ -688,7 +688,7 @@ def _zh_features(text: str) -> dict:
     _sentiment(words, n, lex, negators, 2, 1.0, d, en=False)
     return d
 
-# %% ../nbs/02_features.ipynb #02867604
+# %% ../nbs/02_features.ipynb #83f0c854
 _EXTRACTORS = {"en": _en_features, "zh": _zh_features}
 _LANG_COLS = {lang: [i for i, f in enumerate(TEXT_FEATURES) if lang in f.languages] for lang in LANGUAGES}
 _LANG_NAMES = {lang: [TEXT_FEATURES[i].name for i in cols] for lang, cols in _LANG_COLS.items()}
@@ -773,8 +773,7 @@ def extract_features(texts: Sequence[str], languages: Sequence[str] | str, *, id
     """Text features (and, with `scorer`, the LM features) of `texts`, a float32 `FeatureMatrix`.
     Features not applicable to a row's language are NaN; `prompts` are the conditioning prefixes of the LM features."""
     texts, langs = _check_inputs(texts, languages)
-    if any(_EXTRACTORS[l] is _zh_features for l in set(langs)): _jieba_posseg()
-    check_resources()
+    check_resources()                       # fail before any work when a resource is missing
     if num_proc > 1 and len(texts) > batch_size:
         import datasets
         ds = datasets.Dataset.from_dict({"text": texts, "language": langs})

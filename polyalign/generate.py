@@ -19,9 +19,10 @@ from .core import (ConfigError, GenerateConfig, append_jsonl, derive_seed, log, 
                             repair_jsonl_tail)
 
 # %% auto #0
-__all__ = ['ROLE_NAMES', 'COT_INSTRUCTION', 'PROMPT_KINDS', 'FrequencyPresencePenalty', 'plain_prompt', 'Prompt', 'fit_prompt',
-           'parse_cot', 'sampling_kwargs', 'vllm_sampling_kwargs', 'shard', 'HFGenerator', 'VLLMGenerator',
-           'prompt_builder', 'done_ids', 'generate']
+__all__ = ['ROLE_NAMES', 'COT_INSTRUCTION', 'PROMPT_KINDS', 'METHOD_CHECKPOINTS', 'FrequencyPresencePenalty', 'plain_prompt',
+           'Prompt', 'fit_prompt', 'parse_cot', 'sampling_kwargs', 'vllm_sampling_kwargs', 'shard', 'HFGenerator',
+           'VLLMGenerator', 'prompt_builder', 'done_ids', 'generate', 'prediction_path', 'method_checkpoint',
+           'make_generator']
 
 # %% ../nbs/06_generate.ipynb #e9fc3e8a
 from transformers import LogitsProcessor
@@ -288,3 +289,30 @@ def generate(generator, records: Sequence[dict], method: str, out_path: str | Pa
         stats["cot_parse"] = {k: parsed.count(k) for k in ("json", "key", "line", "failed")}
     log.info("%s/%s: %s", model_name, method, stats)
     return stats
+
+# %% ../nbs/06_generate.ipynb #a7adaa77
+METHOD_CHECKPOINTS = {"full_sft": "full_sft", "bucket_sft": "bucket_sft", "dpo": "dpo", "hdpo": "hdpo"}
+
+
+def prediction_path(run_dir, model: str, method: str, split: str = "test") -> Path:
+    "The prediction file of `model`/`method` on `split`."
+    from polyalign.core import model_slug
+    base = Path(run_dir) / ("predictions" if split == "test" else Path("generations") / split)
+    return base / model_slug(model) / f"{method}.jsonl"
+
+
+def method_checkpoint(cfg, model: str, method: str, language: str) -> str:
+    "The checkpoint a method generates with: the untuned base model for BaseLM and CoT, else the trained per-language model."
+    from polyalign.core import base_model_path, model_slug, run_path
+    if method in PROMPT_KINDS: return base_model_path(cfg, model)
+    if method not in METHOD_CHECKPOINTS: raise ConfigError(f"unknown generation method '{method}'")
+    path = run_path(cfg, "models", model_slug(model), f"{METHOD_CHECKPOINTS[method]}-{language}", "final")
+    if not path.exists(): raise FileNotFoundError(f"checkpoint for {model}/{method}/{language} not found: {path} (run its training stage first)")
+    return str(path)
+
+
+def make_generator(cfg, model_path):
+    "The configured backend for one checkpoint."
+    backend = {"hf": HFGenerator, "vllm": VLLMGenerator}.get(cfg.generate.backend)
+    if backend is None: raise ConfigError(f"unknown generate.backend '{cfg.generate.backend}' (known: hf, vllm)")
+    return backend(model_path, cfg.generate, seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code)

@@ -23,7 +23,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
            'outputs_summary', 'device_info', 'info', 'main']
 
-# %% ../nbs/11_reproduce.ipynb #202373b0
+# %% ../nbs/11_reproduce.ipynb #499aae61
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -34,6 +34,8 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("core", "00_core.ipynb", "resolve the config, build the tiny checkpoint"),
     Stage("features", "02_features.ipynb", "linguistic features of every split's human answers, bucket references fit on train"),
+    Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
+    Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
     Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 

@@ -49,6 +49,7 @@ def main() -> Path:
     from polyalign.features import TEXT_FEATURES, check_resources, extract_features, fit_references
 
     check_resources()
+    load0 = os.getloadavg()[0]
     rows = []
     en, zh = english_answers(N_EN), chinese_answers(N_ZH)
     en_words = np.mean([len(t.split()) for t in en]); en_chars = np.mean([len(t) for t in en]); zh_chars = np.mean([len(t) for t in zh])
@@ -78,7 +79,9 @@ def main() -> Path:
     out = HERE / "features.md"
     lines = ["# Feature extraction benchmarks", "",
              f"Machine: {platform.machine()}, {procs} CPUs, Python {platform.python_version()}. "
-             f"{len(TEXT_FEATURES)} text features (LM features off). The issue's target is 2,000 English answers/s per core.", "",
+             f"{len(TEXT_FEATURES)} text features (LM features off). The issue's target is 2,000 English answers/s per core. "
+             f"1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other work on a shared "
+             "machine lowers every figure; with a load above the CPU count, several processes cannot beat one).", "",
              "| what | time | throughput |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
              f"Peak RSS of the benchmark process: {peak_single:,.0f} MiB after the single-process runs (texts, matrices and "
              f"jieba's dictionary included), {peak:,.0f} MiB at the end; largest worker process {peak_children:,.0f} MiB.", "",
