@@ -1142,7 +1142,7 @@ def build_corpus(cfg: RunConfig, raw_dir: str | Path | None = None) -> StageResu
                        extra={"data": {k: report[k] for k in ("tokenizers", "length_bins", "bucket_fields", "records", "rejected",
                                                               "filtered", "removed", "near_duplicate_pairs", "evaluated_buckets")}})
 
-# %% ../nbs/01_data.ipynb #f182bc82
+# %% ../nbs/01_data.ipynb #c5040a5e
 _EN_WORDS = ("time people year way day thing world life hand part child eye woman place work week case point company number "
              "group problem fact water room mother area money story month right study book job word business issue side kind "
              "head house service friend father power hour game line member law car city name team minute idea body information "
@@ -1165,11 +1165,13 @@ _BIN_RANGES = {"short": (4, 36), "medium": (45, 115), "long": (125, 235), "xlong
 def _en_text(rng: random.Random, n: int, end: str = ".") -> str:
     "English text of exactly `n` pa-mixed-v1 tokens (words and punctuation)."
     out, cap, since = [], True, 0
+    if n <= 0: return ""
     for i in range(n):
         last = i == n - 1
         if last or (since >= 6 and rng.random() < 0.18 and i < n - 2):
             p = end if last else rng.choice([",", ",", ".", ";"])
-            out[-1] = out[-1] + p if out else p
+            if out: out[-1] += p
+            else: out.append(p)
             cap, since = p in ".?!", 0
             if p == "." and rng.random() < 0.15: out[-1] += "\n"
         else:
@@ -1224,7 +1226,7 @@ def _span_context(rng, lang, answer_bin="short") -> tuple[str, str, int]:
 def _cycle(bins: Sequence[str], i: int) -> str:
     return bins[i % len(bins)]
 
-# %% ../nbs/01_data.ipynb #ea0fb1eb
+# %% ../nbs/01_data.ipynb #deb3f75c
 def _n(base: int, scale: float) -> int:
     return max(1, round(base * scale))
 
@@ -1253,10 +1255,10 @@ def _tiny_eli5(rng, s):
             k = rng.randint(1, 3)
             texts = [_text(rng, "en", "short") for _ in range(k)] + [_text(rng, "en", _cycle(bins, i))]
             scores = [rng.randint(0, 20) for _ in range(k)] + [50 + rng.randint(0, 50)]
-            rows.append({"q_id": f"{split[:2]}{i:05d}", "title": _q(rng, "en"), "selftext": _text(rng, "en", rng.randint(0, 20)) if i % 3 else "",
+            rows.append({"q_id": f"{split}-{i:05d}", "title": _q(rng, "en"), "selftext": _text(rng, "en", rng.randint(3, 20)) if i % 3 else "",
                          "category": rng.choice(["Biology", "Physics", "Economics", "Culture"]), "subreddit": "explainlikeimfive",
                          "answers": {"a_id": [f"a{j}" for j in range(k + 1)], "text": texts, "score": scores}})
-        rows.append({"q_id": f"{split[:2]}x", "title": "Why is the sky blue?", "selftext": "", "category": "Physics",
+        rows.append({"q_id": f"{split}-x", "title": "Why is the sky blue?", "selftext": "", "category": "Physics",
                      "subreddit": "explainlikeimfive", "answers": {"a_id": ["a"], "text": ["  "], "score": [3]}})      # no answer: filtered
         if split == "train":
             rows.append({"q_id": "trbad", "title": "Broken answers", "selftext": "", "answers": {"text": "not a list", "score": [1]}})
@@ -1271,7 +1273,8 @@ def _tiny_dailydialog(rng, s):
         utts, acts, emos = [], [], []
         for i in range(_n(n, s)):
             k = 8 if i % 2 == 0 else 6
-            us = [first[i % len(first)] if j == 0 and i < 4 else _text(rng, "en", rng.randint(4, 22), end=rng.choice(".?!")) for j in range(k)]
+            us = [first[i % len(first)] if j == 0 and i < 4 else _text(rng, "en", rng.randint(4, 22), end=rng.choice(".?!")).replace("\n", " ")
+                  for j in range(k)]
             if split == "test": test_dialogues.append(us)
             utts.append(" __eou__ ".join(us) + " __eou__"); acts.append(" ".join(str(rng.randint(1, 4)) for _ in us))
             emos.append(" ".join(str(rng.randint(0, 6)) for _ in us))
@@ -1321,7 +1324,7 @@ def _tiny_coqa(rng, s):
         for i in range(_n(n, s)):
             story = _text(rng, "en", rng.randint(80, 160))
             qs = [_q(rng, "en", 3, 9) for _ in range(8)]
-            ans = [("unknown" if t == 5 else _text(rng, "en", rng.randint(1, 8)).rstrip(".")) for t in range(8)]
+            ans = [("unknown" if t == 5 else _text(rng, "en", rng.randint(3, 9)).rstrip(".")) for t in range(8)]
             rows.append({"source": rng.choice(["mctest", "race", "cnn", "wikipedia", "gutenberg"]), "story": story, "questions": qs,
                          "answers": {"input_text": ans, "answer_start": [0] * 8, "answer_end": [1] * 8}})
         if split == "train": rows.append({"source": "race", "story": "A short story.", "questions": "Who?", "answers": {"input_text": ["x"]}})
@@ -1398,7 +1401,7 @@ def _tiny_hc3(rng, s):
 
 def _tiny_oasst2(rng, s):
     out = {}
-    for split, n in (("train", 20), ("validation", 16)):
+    for split, n in (("train", 28), ("validation", 16)):
         msgs = []
         for i in range(_n(n, s)):
             tree, lang = f"{split[:1]}tree{i:04d}", ("en" if split == "train" and i == 0 else rng.choice(["zh", "zh-CN", "zh_Hans"]))

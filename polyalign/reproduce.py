@@ -23,7 +23,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
            'outputs_summary', 'device_info', 'info', 'main']
 
-# %% ../nbs/11_reproduce.ipynb #499aae61
+# %% ../nbs/11_reproduce.ipynb #3e626089
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -33,6 +33,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("core", "00_core.ipynb", "resolve the config, build the tiny checkpoint"),
+    Stage("data", "01_data.ipynb", "the bilingual corpus: 14 sources adapted, split, deduplicated; Table 1"),
     Stage("features", "02_features.ipynb", "linguistic features of every split's human answers, bucket references fit on train"),
     Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
     Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
