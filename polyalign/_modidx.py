@@ -388,4 +388,5 @@ d = { 'settings': { 'branch': 'main',
                                      'polyalign.reproduce.reproduce': ('reproduce.html#reproduce', 'polyalign/reproduce.py'),
                                      'polyalign.reproduce.resolve_run': ('reproduce.html#resolve_run', 'polyalign/reproduce.py'),
                                      'polyalign.reproduce.run_notebook': ('reproduce.html#run_notebook', 'polyalign/reproduce.py'),
-                                     'polyalign.reproduce.select_stages': ('reproduce.html#select_stages', 'polyalign/reproduce.py')}}}
+                                     'polyalign.reproduce.select_stages': ('reproduce.html#select_stages', 'polyalign/reproduce.py'),
+                                     'polyalign.reproduce.stage_outcome': ('reproduce.html#stage_outcome', 'polyalign/reproduce.py')}}}

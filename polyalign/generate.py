@@ -290,7 +290,7 @@ def generate(generator, records: Sequence[dict], method: str, out_path: str | Pa
     log.info("%s/%s: %s", model_name, method, stats)
     return stats
 
-# %% ../nbs/06_generate.ipynb #a7adaa77
+# %% ../nbs/06_generate.ipynb #3e0db16f
 METHOD_CHECKPOINTS = {"full_sft": "full_sft", "bucket_sft": "bucket_sft", "dpo": "dpo", "hdpo": "hdpo"}
 
 
@@ -306,7 +306,7 @@ def method_checkpoint(cfg, model: str, method: str, language: str) -> str:
     from polyalign.core import base_model_path, model_slug, run_path
     if method in PROMPT_KINDS: return base_model_path(cfg, model)
     if method not in METHOD_CHECKPOINTS: raise ConfigError(f"unknown generation method '{method}'")
-    path = run_path(cfg, "models", model_slug(model), f"{METHOD_CHECKPOINTS[method]}-{language}", "final")
+    path = run_path(cfg, "checkpoints", model_slug(model), f"{METHOD_CHECKPOINTS[method]}-{language}", "final")
     if not path.exists(): raise FileNotFoundError(f"checkpoint for {model}/{method}/{language} not found: {path} (run its training stage first)")
     return str(path)
 

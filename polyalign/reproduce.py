@@ -21,7 +21,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 
 # %% auto #0
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
-           'outputs_summary', 'device_info', 'info', 'main']
+           'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #3e626089
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def run_notebook(stage: Stage, config_path: Path, overrides: list[str], out_dir:
         raise StageFailed(f"stage '{stage.name}' failed in {_failed_cell(dst)}; executed notebook: {dst}") from e
     return dst
 
-# %% ../nbs/11_reproduce.ipynb #36c58f8a
+# %% ../nbs/11_reproduce.ipynb #cb2f2792
 def resolve_run(profile: str, out: str | Path | None = None, sets: list[str] | None = None):
     "The profile YAML path, the overrides the notebooks receive (run_dir made absolute) and the resolved config."
     sets = list(sets or [])
@@ -112,12 +112,19 @@ def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[s
         t0 = time.perf_counter()
         log.info("stage %s: %s (%s)", st.name, st.what, st.notebook)
         dst = run_notebook(st, config_path, overrides, run_dir, nbs)
-        rec = read_manifest(run_dir)["stages"].get(st.name, {})
-        if rec.get("last_action") == "skipped":
-            log.info("stage %s: current, skipped (finished %s, config %s); notebook %s", st.name, rec.get("finished"), rec.get("config_hash"), dst)
-        else:
-            log.info("stage %s: %s in %.1f s; notebook %s", st.name, rec.get("status", "not recorded"), time.perf_counter() - t0, dst)
+        log.info("stage %s: %s in %.1f s; notebook %s", st.name, stage_outcome(read_manifest(run_dir), st.name),
+                 time.perf_counter() - t0, dst)
     return read_manifest(run_dir)
+
+
+def stage_outcome(manifest: dict, stage: str) -> str:
+    "What a stage did in this run, from its manifest records (a stage may record parts, e.g. `sft/<model>/<method>/<lang>`)."
+    recs = {k: v for k, v in manifest.get("stages", {}).items() if k == stage or k.startswith(stage + "/")}
+    if not recs: return "no manifest record"
+    skipped = [k for k, v in recs.items() if v.get("last_action") == "skipped"]
+    if len(skipped) == len(recs):
+        return f"current, skipped ({len(recs)} part{'s' * (len(recs) > 1)} finished earlier)"
+    return f"done ({len(recs) - len(skipped)} ran, {len(skipped)} current and skipped)"
 
 
 def outputs_summary(run_dir: str | Path) -> str:

@@ -27,7 +27,7 @@ def test_reproduce_core_then_skip(polyalign_cli, run_dir):
     assert "tables" in r.stdout and "manifest.json" in r.stdout
     r2 = _run(polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(run_dir), "--only", "core")
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "stage core: current, skipped" in r2.stderr
+    assert "stage core: current, skipped (1 part finished earlier)" in r2.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["core"]["finished"] == core["finished"]
 
 
