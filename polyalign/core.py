@@ -27,14 +27,14 @@ import yaml
 
 # %% auto #0
 __all__ = ['log', 'PACKAGES', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS', 'ConfigError', 'TinyModelSpec', 'ModelsConfig',
-           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'RunConfig',
-           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root', 'config_dir',
-           'profiles', 'read_yaml', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'atomic_path',
-           'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'append_jsonl',
-           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
-           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
-           'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus', 'build_tokenizer',
-           'build_model', 'build_tiny']
+           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
+           'CriticConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides',
+           'project_root', 'config_dir', 'profiles', 'read_yaml', 'load_config', 'save_config', 'stable_hash',
+           'file_hash', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
+           'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything',
+           'package_versions', 'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current',
+           'StageResult', 'run_stage', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus',
+           'build_tokenizer', 'build_model', 'build_tiny']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -45,7 +45,7 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-# %% ../nbs/00_core.ipynb #d9c8ab46
+# %% ../nbs/00_core.ipynb #d18af254
 class ConfigError(ValueError):
     "A configuration problem a user must fix; its message is one line naming the problem."
 
@@ -190,6 +190,65 @@ class GenerateConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    "DPO and HDPO (05_hdpo). Defaults are the paper's (§3.4, §4.1); both methods share every training setting."
+    beta: float = 0.1
+    hdpo_lambda: float = 0.1
+    p_mode: str = "margin"  # how Δπ enters p: summed (Eq. 9 as printed), length_normalized, margin
+    learning_rate: float = 5e-7
+    num_train_epochs: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    examples_per_step: int = 64
+    per_device_batch_size: int = 2
+    max_length: int = 2048
+    precompute_ref_log_probs: bool = True  # reference = the frozen initial checkpoint, scored once up front
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    max_train_pairs: int = 0  # 0 = every pair; otherwise a seeded subset
+    weight_alpha: float = 0.5  # pair weights (Theorem 5): bucket scarcity
+    weight_beta: float = 1.0  # critic gap
+    weight_gamma: float = 0.25  # language rarity
+    weight_eta: float = 0.25  # pair-type bias
+    weight_min: float = 0.5
+    weight_max: float = 3.0
+
+
+@dataclass
+class CriticConfig:
+    "The bucket-support critic (04_critic): targets D_b (Eq. 4), model, loss (Theorem 4) and training."
+    kind: str = "mlp"  # mlp (standardised features + bucket embedding) or text (HF AutoModel backbone)
+    encoder: str = "tiny"  # text critic backbone: tiny = <run_dir>/models/tiny, else a hub id or local path
+    finetune_encoder: bool = False  # text critic: train the backbone too (else frozen)
+    max_length: int = 512  # text critic: tokens per answer
+    hidden_dim: int = 256
+    bucket_dim: int = 64
+    dropout: float = 0.1
+    lambda_reg: float = 1.0
+    lambda_rank: float = 1.0
+    margin: float = 0.1  # kappa of the ranking hinge
+    d_cap: float = 10.0  # cap on each feature's normalised distance d_j (0 = uncapped, as in Eq. 4)
+    learning_rate: float = 1e-3
+    encoder_learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 256  # regression examples per step
+    pair_batch_size: int = 64  # ranking pairs per step
+    max_epochs: int = 30
+    patience: int = 4  # epochs without a lower validation loss before stopping
+    bucket_dropout: float = 0.05  # share of training rows shown with the unknown-bucket embedding
+    min_score_std: float = 1e-4  # collapse guard: scores of distinct inputs must spread more than this
+    max_train_prompts: int = 0  # 0 = every train prompt gets a Bucket-SFT answer; otherwise a seeded subset
+    device: str = "cpu"  # cpu, cuda or auto
+
+
+@dataclass
 class RunConfig:
     "The one object every stage reads. `run_dir` is where every artifact of the run lives."
     profile: str = "tiny"
@@ -201,7 +260,9 @@ class RunConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
 
 # %% ../nbs/00_core.ipynb #13566543
 def _hints(cls) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from .core import ConfigError, log
 
 # %% auto #0
 __all__ = ['PAIR_TYPE_BIAS', 'P_MODES', 'PAIR_COLUMNS', 'build_pairs', 'PairWeightConfig', 'rarity', 'PairWeightTables',
-           'raw_pair_weights', 'fit_pair_weights', 'hdpo_loss', 'HDPOConfig', 'PairColumnsCollator', 'HDPOTrainer']
+           'raw_pair_weights', 'fit_pair_weights', 'hdpo_loss', 'HDPOConfig', 'PairColumnsCollator', 'HDPOTrainer',
+           'preference_arguments', 'make_preference_trainer']
 
 # %% ../nbs/05_hdpo.ipynb #09598416
 PAIR_TYPE_BIAS = {"global": 0.0, "local": 0.5, "distribution": 1.0}
@@ -188,3 +189,41 @@ class HDPOTrainer(DPOTrainer):
                          "rewards/accuracies", "rewards/margins"), vals):
             m[k].append(v)
         return (loss, out) if return_outputs else loss
+
+# %% ../nbs/05_hdpo.ipynb #84f33ee1
+def preference_arguments(pref, output_dir, *, seed: int, hdpo: bool):
+    "TRL arguments for DPO (`hdpo=False`) or HDPO from the `preference` section."
+    import os
+    per_step = pref.per_device_batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+    if pref.examples_per_step % per_step:
+        raise ConfigError(f"preference.examples_per_step={pref.examples_per_step} is not a multiple of {per_step}")
+    common = dict(output_dir=str(output_dir), per_device_train_batch_size=pref.per_device_batch_size,
+                  gradient_accumulation_steps=pref.examples_per_step // per_step, learning_rate=pref.learning_rate,
+                  num_train_epochs=pref.num_train_epochs, lr_scheduler_type=pref.lr_scheduler_type,
+                  warmup_steps=pref.warmup_ratio, beta=pref.beta, max_length=pref.max_length, bf16=pref.bf16,
+                  gradient_checkpointing=pref.gradient_checkpointing, logging_steps=pref.logging_steps,
+                  save_strategy="steps", save_steps=pref.save_steps, save_total_limit=pref.save_total_limit,
+                  precompute_ref_log_probs=pref.precompute_ref_log_probs and not pref.lora, report_to=[], seed=seed,
+                  data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=False)
+    if hdpo: return HDPOConfig(hdpo_lambda=pref.hdpo_lambda, p_mode=pref.p_mode, **common)
+    return DPOConfig(loss_type=["sigmoid"], **common)
+
+
+def make_preference_trainer(method: str, init_path, dataset, pref, output_dir, *, seed: int, trust_remote_code: bool = False):
+    "`dpo` → stock DPOTrainer; `hdpo` → HDPOTrainer; the reference is a frozen copy of `init_path` (or the adapter-disabled model with LoRA)."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if method not in ("dpo", "hdpo"): raise ValueError(f"unknown preference method '{method}'")
+    tok = AutoTokenizer.from_pretrained(init_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    dtype = torch.bfloat16 if pref.bf16 else torch.float32
+    load = lambda: AutoModelForCausalLM.from_pretrained(init_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    peft_config = None
+    if pref.lora:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=pref.lora_r, lora_alpha=pref.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    args = preference_arguments(pref, output_dir, seed=seed, hdpo=method == "hdpo")
+    ref = None if (pref.lora or args.precompute_ref_log_probs) else load()
+    if method == "dpo":
+        dataset = dataset.remove_columns([c for c in PAIR_COLUMNS if c in dataset.column_names])
+        return DPOTrainer(model=load(), ref_model=ref, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft_config)
+    return HDPOTrainer(model=load(), ref_model=ref, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft_config)

@@ -23,7 +23,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
            'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
 
-# %% ../nbs/11_reproduce.ipynb #3e626089
+# %% ../nbs/11_reproduce.ipynb #ddb7ad92
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -37,6 +37,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("features", "02_features.ipynb", "linguistic features of every split's human answers, bucket references fit on train"),
     Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
     Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
+    Stage("critic", "04_critic.ipynb", "Bucket-SFT answers to train/val prompts, D_b targets, the critic trained with early stopping; Spearman and ranking accuracy"),
     Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 
