@@ -102,3 +102,29 @@ def test_bad_inputs(model_dir, tmp_path):
         HFGenerator(tmp_path / "no-such-model", GEN, seed=1)
     with pytest.raises(ValueError, match="duplicate ids"):
         generate(g, records(2) + records(1), "base_lm", tmp_path / "d.jsonl", model_name="tiny", progress=False)
+
+
+def test_training_and_inference_prompts_are_identical(model_dir):
+    "The chat prompt a trained method sees at inference is the prompt its SFT example was built from."
+    from transformers import AutoTokenizer
+    from polyalign.bucket_sft import sft_dataset
+    from polyalign.core import DataConfig
+    from polyalign.data import render_messages
+    from polyalign.generate import prompt_builder
+    recs = [{"id": "m1", "language": "zh", "track": "multi", "family": "dialogue", "style_bucket": "open_chat",
+             "length_bin": "short", "bucket_id": "zh|multi|dialogue|short", "question": "那你呢？", "context": "",
+             "human_answer": "我也很好。", "dialogue_history": [{"role": "user", "text": "你好吗？"},
+                                                            {"role": "assistant", "text": "很好，谢谢。"}]},
+            {"id": "q1", "language": "en", "track": "single", "family": "qa", "style_bucket": "qa_search",
+             "length_bin": "short", "bucket_id": "en|single|qa|short", "question": "Who?", "context": "Ann came.",
+             "human_answer": "Ann", "dialogue_history": []}]
+    render = lambda r: render_messages(r, DataConfig())
+    ds = sft_dataset(recs, render)
+    g = HFGenerator(model_dir, GEN, seed=0)
+    build = prompt_builder("bucket_sft", g, render)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for r, ex in zip(recs, ds):
+        assert ex["prompt"] == render(r)
+        train_text = tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False)
+        infer_text = build(r)
+        assert train_text.startswith(infer_text) and train_text[len(infer_text):].startswith(r["human_answer"])
