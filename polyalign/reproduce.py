@@ -23,7 +23,7 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
 __all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
            'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
 
-# %% ../nbs/11_reproduce.ipynb #ddb7ad92
+# %% ../nbs/11_reproduce.ipynb #9808d80e
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -38,6 +38,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
     Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
     Stage("critic", "04_critic.ipynb", "Bucket-SFT answers to train/val prompts, D_b targets, the critic trained with early stopping; Spearman and ranking accuracy"),
+    Stage("hdpo", "05_hdpo.ipynb", "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
     Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 

@@ -103,9 +103,12 @@ def test_training_learns_and_is_seeded(trained):
     ev = evaluate_critic(critic, va)
     assert ev["spearman"] > 0.5 and ev["ranking_accuracy"] > 0.7
     assert (critic.score(va.features, va.buckets) >= 0).all()
-    again = new_critic(cc, R.buckets, features=R.features, seed=3)
-    train_critic(again, tr, va, cc, seed=3, progress=False)
-    np.testing.assert_array_equal(again.score(va.features, va.buckets), critic.score(va.features, va.buckets))
+    runs = []
+    for _ in range(2):                                                   # same seed, same scores, bit for bit
+        c = new_critic(cc, R.buckets, features=R.features, seed=5)
+        train_critic(c, tr, va, cc, seed=5, max_epochs=1, progress=False)
+        runs.append(c.score(va.features, va.buckets))
+    np.testing.assert_array_equal(runs[0], runs[1])
     assert fit["best_epoch"] <= fit["epochs_run"]
 
 
