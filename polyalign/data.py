@@ -33,8 +33,8 @@ __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'TRACKS', 'FAMILIES', 'STYLES', 'LENGT
            'adapt_oasst2_zh', 'adapt_cmrc2018', 'adapt_drcd', 'adapt_dureader', 'check_data_config', 'RawRow',
            'read_jsonl_rows', 'read_dailydialog_zip', 'read_dureader_zip', 'read_json_array', 'source_parts',
            'SourceResult', 'rejection', 'adapt_rows', 'adapt_source', 'canonical_key', 'dedup_records',
-           'minhash_signatures', 'near_duplicates', 'markdown_table', 'latex_table', 'write_table', 'reported_table1',
-           'table1', 'shared_contexts', 'build_corpus', 'tiny_raw_files', 'write_tiny_raw']
+           'minhash_signatures', 'lsh_params', 'near_duplicates', 'markdown_table', 'latex_table', 'write_table',
+           'reported_table1', 'table1', 'shared_contexts', 'build_corpus', 'tiny_raw_files', 'write_tiny_raw']
 
 # %% ../nbs/01_data.ipynb #65ba7184
 SCHEMA_VERSION = "polyalign-record-v1"
@@ -963,45 +963,131 @@ def dedup_records(records: Sequence[dict], dataset_order: Sequence[str] = ()) ->
         seen[k] = i; keep[i] = True
     return [r for r, k in zip(records, keep) if k], removed
 
-# %% ../nbs/01_data.ipynb #91a1db61
-def _shingles(text: str, vocab: dict, n: int = 3, max_tokens: int = 256) -> list[int]:
-    toks = (_ASCII_MIXED if text.isascii() else TOKENIZERS["pa-mixed-v1"]).findall(text)
-    ids = [vocab.setdefault(t, len(vocab)) for t in toks[:max_tokens]]
-    if len(ids) < n: return [hash(tuple(ids)) & 0xFFFFFFFF] if ids else []
-    return list({hash(tuple(ids[i:i + n])) & 0xFFFFFFFF for i in range(len(ids) - n + 1)})
+# %% ../nbs/01_data.ipynb #b8650690
+_SHINGLE_MAX_CHARS = 600
+_M64 = (1 << 64) - 1
 
 
-def minhash_signatures(texts: Sequence[str], num_perm: int = 64, seed: int = 1) -> list:
-    "One datasketch LeanMinHash per text (None for a text without tokens)."
-    from datasketch import LeanMinHash, MinHash
-    proto = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)   # permutations drawn once, shared by every signature
-    vocab: dict = {}
-    out = []
-    for t in texts:
-        sh = _shingles(canonical_text(t), vocab)
-        if not sh: out.append(None); continue
-        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=proto.permutations, scheme=proto.scheme)
-        m.update_batch(sh)
-        out.append(LeanMinHash(m))
-    return out
+def _char_classes():
+    "0 = space or separator, 1 = letter/digit (joins a run), 2 = a token by itself (Han, kana, punctuation, symbols)."
+    import numpy as np
+    global _CHAR_CLASS
+    try:
+        return _CHAR_CLASS
+    except NameError:
+        han = re.compile(f"[{_HAN}]")
+        t = np.full(0x10000, 2, np.uint8)
+        for c in range(0x10000):
+            ch = chr(c)
+            if ch.isspace() or c == 0: t[c] = 0
+            elif ch.isalnum() and not han.match(ch): t[c] = 1
+        _CHAR_CLASS = t
+        return t
+
+
+def _mix(x):
+    "splitmix64 finaliser on a uint64 array (wrapping arithmetic)."
+    import numpy as np
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30)); x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27)); x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _shingle_hashes(texts: Sequence[str]):
+    "(shingle hashes, record index of each) for token 3-grams of `texts` (unigrams for texts of fewer than 3 tokens)."
+    import numpy as np
+    cut = [t[:_SHINGLE_MAX_CHARS].replace("\x00", " ") for t in texts]
+    lens = np.fromiter((len(t) for t in cut), np.int64, len(cut))
+    cp = np.frombuffer("\x00".join(cut).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    if not len(cp): return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    rec = np.repeat(np.arange(len(cut)), lens + 1)[: len(cp)]
+    cls = np.where(cp < 0x10000, _char_classes()[np.minimum(cp, 0xFFFF)], 2)
+    nz = cls != 0
+    start = nz & ~((cls == 1) & np.concatenate([[False], cls[:-1] == 1]))
+    idx = np.arange(len(cp))
+    pos = (idx - np.maximum.accumulate(np.where(start, idx, 0))) % 32
+    mul = _mix(np.arange(1, 33, dtype=np.uint64)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        contrib = (cp.astype(np.uint64) + np.uint64(1)) * mul[pos]
+    sel = np.flatnonzero(nz)
+    if not len(sel): return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    st = start[sel]
+    tok = _mix(np.add.reduceat(contrib[sel], np.flatnonzero(st)))
+    trec = rec[sel][st]
+    with np.errstate(over="ignore"):
+        tri = _mix(tok[:-2] ^ _mix(tok[1:-1] + np.uint64(1)) ^ _mix(tok[2:] + np.uint64(2))) if len(tok) > 2 else np.zeros(0, np.uint64)
+    ok = trec[:-2] == trec[2:] if len(tok) > 2 else np.zeros(0, bool)
+    has_tri = np.bincount(trec[:-2][ok], minlength=len(cut)) > 0 if len(tok) > 2 else np.zeros(len(cut), bool)
+    uni = ~has_tri[trec]
+    h = np.concatenate([tri[ok], tok[uni]])
+    r = np.concatenate([trec[:-2][ok], trec[uni]])
+    order = np.argsort(r, kind="stable")
+    return h[order], r[order]
+
+
+def minhash_signatures(texts: Sequence[str], num_perm: int = 64, seed: int = 1, batch: int = 20000):
+    "(signature matrix uint32 [n, num_perm], has-shingles mask) of the canonical texts."
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    sig = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, np.uint32)
+    has = np.zeros(len(texts), bool)
+    for lo in range(0, len(texts), batch):
+        h, r = _shingle_hashes([canonical_text(t) for t in texts[lo: lo + batch]])
+        if not len(h): continue
+        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+        rows = lo + r[starts]
+        has[rows] = True
+        with np.errstate(over="ignore"):
+            for p in range(num_perm):
+                sig[rows, p] = np.minimum.reduceat(((h * a[p] + b[p]) >> np.uint64(32)).astype(np.uint32), starts)
+    return sig, has
+
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    "(bands, rows per band) with bands*rows <= num_perm minimising false positives + false negatives around `threshold`."
+    import numpy as np
+    best, s_lo, s_hi = None, np.linspace(0, threshold, 200), np.linspace(threshold, 1, 200)
+    for r in range(1, num_perm + 1):
+        for bands in range(1, num_perm // r + 1):
+            fp = np.trapezoid(1 - (1 - s_lo ** r) ** bands, s_lo)
+            fn = np.trapezoid((1 - s_hi ** r) ** bands, s_hi)
+            if best is None or fp + fn < best[0]: best = (fp + fn, bands, r)
+    return best[1], best[2]
 
 
 def near_duplicates(records: Sequence[Mapping], threshold: float = 0.8, num_perm: int = 64, seed: int = 1) -> list[dict]:
     "Cross-split near-duplicate pairs (held-out member first) with their estimated Jaccard similarity."
-    from datasketch import MinHashLSH
-    sigs = minhash_signatures([f"{r['question']}\n{r['human_answer']}" for r in records], num_perm, seed)
-    by_split = {s: [i for i, r in enumerate(records) if r["split"] == s and sigs[i] is not None] for s in SPLITS}
+    import numpy as np
+    sig, has = minhash_signatures([f"{r['question']}\n{r['human_answer']}" for r in records], num_perm, seed)
+    rank = np.array([SPLIT_PRECEDENCE[r["split"]] for r in records])
+    bands, rows = lsh_params(threshold, num_perm)
+    weights = _mix(np.arange(1, rows + 1, dtype=np.uint64))
+    live = np.flatnonzero(has)
+    cand = set()
+    for j in range(bands):
+        with np.errstate(over="ignore"):
+            key = (sig[live, j * rows:(j + 1) * rows].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        same = np.flatnonzero(k[1:] == k[:-1])
+        if not len(same): continue
+        bounds = np.flatnonzero(np.diff(np.concatenate([[-2], same])) != 1)
+        for g0 in bounds:   # runs of equal keys: groups of records sharing this band
+            g1 = g0
+            while g1 + 1 < len(same) and same[g1 + 1] == same[g1] + 1: g1 += 1
+            members = live[order[same[g0]: same[g1] + 2]]
+            for x in members:
+                for y in members:
+                    if rank[x] < rank[y]: cand.add((int(x), int(y)))
     pairs = []
-    for low, highs in (("train", ("val", "test")), ("val", ("test",))):
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        for i in by_split[low]: lsh.insert(i, sigs[i])
-        for hs in highs:
-            for i in by_split[hs]:
-                for j in sorted(lsh.query(sigs[i])):
-                    jac = sigs[i].jaccard(sigs[j])
-                    if jac >= threshold:
-                        pairs.append({"id": records[i]["id"], "split": hs, "dataset": records[i]["dataset"], "other_id": records[j]["id"],
-                                      "other_split": low, "other_dataset": records[j]["dataset"], "jaccard": round(float(jac), 4)})
+    for x, y in sorted(cand, key=lambda p: (rank[p[0]], rank[p[1]], p)):
+        jac = float((sig[x] == sig[y]).mean())
+        if jac >= threshold:
+            pairs.append({"id": records[x]["id"], "split": records[x]["split"], "dataset": records[x]["dataset"], "other_id": records[y]["id"],
+                          "other_split": records[y]["split"], "other_dataset": records[y]["dataset"], "jaccard": round(jac, 4)})
     return pairs
 
 # %% ../nbs/01_data.ipynb #4353237b

@@ -200,3 +200,16 @@ def test_unknown_dataset_id_names_it(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "data.source_mode=hub", "data.sources=dolly", "data.hub_ids.dolly=nobody/missing")
     with pytest.raises(DataSourceError, match=r"source 'dolly': cannot fetch .*'nobody/missing'"):
         build_corpus(cfg)
+
+
+def test_table1_reported_side_by_side(tiny):
+    from polyalign.data import reported_table1, table1
+    rep = reported_table1()
+    if rep is None: pytest.skip("papers/polyalign/reported/table1_corpus.csv not present")
+    d, _ = tiny
+    recs = pd.concat(_splits(d).values()).to_dict("records")
+    corpus, _ = table1(recs, list(SOURCES), reported=rep)
+    row = corpus.set_index("dataset").loc["DuReader"]
+    assert (row["paper_train"], row["paper_val"], row["paper_count"]) == (15923, 1956, 17879) and pd.isna(row["paper_test"])
+    tot = corpus.set_index("dataset").loc["Total (en)"]
+    assert (tot["paper_train"], tot["paper_val"], tot["paper_test"]) == (584422, 55575, 53855)
