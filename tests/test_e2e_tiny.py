@@ -8,7 +8,7 @@ import pytest
 from polyalign.reproduce import STAGES
 
 SMALL = ["data.tiny_scale=0.5", "sft.max_train_examples=48", "generate.max_new_tokens=6",
-         "metrics.bootstrap_samples=20", "features.lm_features=false"]
+         "metrics.bootstrap_samples=20", "features.lm_features=false", "preference.max_train_pairs=32"]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,12 @@ def test_every_stage_ran_and_wrote_its_artifacts(run):
 def test_predictions_cover_the_test_split_once(run):
     out, _ = run
     test_ids = set(pd.read_parquet(out / "data" / "test.parquet")["id"])
-    for method in ("base_lm", "cot", "full_sft", "bucket_sft"):
+    for method in ("base_lm", "cot", "full_sft", "bucket_sft", "dpo", "hdpo"):   # six methods, identical test ids
         rows = [json.loads(l) for l in (out / "predictions" / "tiny" / f"{method}.jsonl").read_text().splitlines()]
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)) and set(ids) == test_ids, method
     t2 = pd.read_csv(out / "tables" / "table2_main.csv")
-    assert {"Human", "Empty", "BaseLM", "CoT", "Full-SFT", "Bucket-SFT"} <= set(t2["method"])
+    assert {"Human", "Empty", "BaseLM", "CoT", "Full-SFT", "Bucket-SFT", "DPO", "HDPO"} <= set(t2["method"])
 
 
 def test_second_run_skips_every_stage(run, polyalign_cli):

@@ -60,7 +60,8 @@ def main() -> Path:
         f"Default feature critic (`critic.kind: mlp`, hidden {cc.hidden_dim}, bucket embedding {cc.bucket_dim}, {N_BUCKETS} buckets) "
         f"on {N_TRAIN:,} synthetic vectors × {F} features (the full catalogue, text + LM; 10% NaN), targets D_b with cap 10, "
         f"{len(data.pairs):,} human ≻ model pairs; batch {cc.batch_size} + {cc.pair_batch_size} pairs per step, {steps:,} steps; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads).", "",
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"load average at the end {os.getloadavg()[0]:.1f} (other jobs on the machine slow every figure).", "",
         "| measure | value | target |", "|---|---|---|",
         f"| one training epoch | {train_s:.1f} s | ≤ {TRAIN_TARGET_S:.0f} s |",
         f"| scoring throughput (best of 3 over {N_SCORE:,} vectors) | {rate:,.0f} vectors/s | ≥ {SCORE_TARGET:,} |",
