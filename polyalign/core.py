@@ -573,7 +573,7 @@ def seed_everything(seed: int, deterministic_torch: bool = True) -> int:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return seed
 
-# %% ../nbs/00_core.ipynb #682978af
+# %% ../nbs/00_core.ipynb #aea1433e
 PACKAGES = ("polyalign", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
             "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "mauve-text", "pot", "jieba", "papermill")
 
@@ -667,7 +667,7 @@ def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, se
     if not force and stage_is_current(run_dir, stage, chash, inputs):
         log.info("stage %s is current (config %s, %d inputs unchanged); skipping", stage, chash, len(inputs))
         m = read_manifest(run_dir)
-        m["stages"][stage]["last_action"] = "skipped"
+        m["stages"][stage].update(last_action="skipped", touched=time.time())
         write_json(manifest_path(run_dir), m)
         return m["stages"][stage]
     in_hashes = _hash_files(inputs, run_dir)
@@ -681,7 +681,7 @@ def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, se
               "inputs": in_hashes, "outputs": _hash_files(res.outputs, run_dir),
               "rows": {"in": res.rows_in, "out": res.rows_out, "rejected": res.rows_rejected},
               "wall_time_s": round(time.perf_counter() - t0, 3), "versions": package_versions(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_action": "ran", **res.extra}
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_action": "ran", "touched": time.time(), **res.extra}
     _update_manifest(run_dir, cfg, stage, record)
     log.info("stage %s: done in %.1f s; wrote %d outputs", stage, record["wall_time_s"], len(record["outputs"]))
     return record

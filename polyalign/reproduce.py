@@ -90,7 +90,7 @@ def run_notebook(stage: Stage, config_path: Path, overrides: list[str], out_dir:
         raise StageFailed(f"stage '{stage.name}' failed in {_failed_cell(dst)}; executed notebook: {dst}") from e
     return dst
 
-# %% ../nbs/11_reproduce.ipynb #cb2f2792
+# %% ../nbs/11_reproduce.ipynb #a30f61f2
 def resolve_run(profile: str, out: str | Path | None = None, sets: list[str] | None = None):
     "The profile YAML path, the overrides the notebooks receive (run_dir made absolute) and the resolved config."
     sets = list(sets or [])
@@ -113,15 +113,17 @@ def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[s
     for st in stages:
         t0 = time.perf_counter()
         log.info("stage %s: %s (%s)", st.name, st.what, st.notebook)
+        started = time.time()
         dst = run_notebook(st, config_path, overrides, run_dir, nbs)
-        log.info("stage %s: %s in %.1f s; notebook %s", st.name, stage_outcome(read_manifest(run_dir), st.name),
+        log.info("stage %s: %s in %.1f s; notebook %s", st.name, stage_outcome(read_manifest(run_dir), st.name, started),
                  time.perf_counter() - t0, dst)
     return read_manifest(run_dir)
 
 
-def stage_outcome(manifest: dict, stage: str) -> str:
-    "What a stage did in this run, from its manifest records (a stage may record parts, e.g. `sft/<model>/<method>/<lang>`)."
-    recs = {k: v for k, v in manifest.get("stages", {}).items() if k == stage or k.startswith(stage + "/")}
+def stage_outcome(manifest: dict, stage: str, since: float = 0.0) -> str:
+    "What a stage did since `since` (epoch seconds), from its manifest records (a stage may record parts, e.g. `sft/<model>/<method>/<lang>`)."
+    recs = {k: v for k, v in manifest.get("stages", {}).items()
+            if (k == stage or k.startswith(stage + "/")) and v.get("touched", 0.0) >= since}
     if not recs: return "no manifest record"
     skipped = [k for k, v in recs.items() if v.get("last_action") == "skipped"]
     if len(skipped) == len(recs):
