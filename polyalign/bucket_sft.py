@@ -117,7 +117,7 @@ class BucketSFTTrainer(SFTTrainer):
         self.data_collator = WeightCollator(self.data_collator, col)
         if getattr(self.args, "fp32_loss", True):
             base = self.model.get_base_model() if is_peft_model(self.model) else self.model
-            add_fused_lm_head(base, cast_lm_head_to_fp32=True, outputs=("log_probs", "entropy", "is_top1"))
+            add_fused_lm_head(base, cast_lm_head_to_fp32=True, outputs=("log_probs", "is_top1"))  # no entropy: it is not logged, and costs a pass over the vocabulary
         self.last_weight_dtype = None
 
     def _set_signature_columns_if_needed(self):

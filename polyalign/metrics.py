@@ -603,8 +603,8 @@ def _chunks(total: int, size: int):
     for s in range(0, total, size): yield s, min(total, s + size)
 
 
-def _bng_replicates(W: np.ndarray, idx: np.ndarray, g: np.ndarray, h: np.ndarray, scale0: np.ndarray, how: str, eps: float) -> np.ndarray:
-    "Per-feature BNG gaps of one bucket for each replicate (B×F); rows of W are multiplicities of all rows, `idx` the bucket's."
+def _bng_replicates(W: np.ndarray, idx: np.ndarray, g: np.ndarray, h: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    "Per-feature BNG gaps of one bucket for each replicate (B×F); rows of W are multiplicities of all rows, `idx` the bucket's; `scale` is the point estimate's."
     from scipy.stats import wasserstein_distance
     n, F = g.shape
     Wb = W[:, idx]
@@ -628,16 +628,7 @@ def _bng_replicates(W: np.ndarray, idx: np.ndarray, g: np.ndarray, h: np.ndarray
     for k in np.flatnonzero(~clean):                              # rare: partly missing values; weighted scipy W1
         a, b = ~np.isnan(g[:, k]), ~np.isnan(h[:, k])
         out[:, k] = [wasserstein_distance(g[a, k], h[b, k], w[a] + 1e-300, w[b] + 1e-300) for w in Wb.astype(np.float64)]
-    if how == "human_std":
-        wf = Wb.astype(np.float64)
-        hz = np.nan_to_num(h)
-        cnt = wf @ (~np.isnan(h))
-        mu = wf @ hz / cnt
-        sd = np.sqrt(np.maximum(wf @ (hz * hz) / cnt - mu * mu, 0))
-        scale = np.maximum(sd, eps)
-    else:
-        scale = scale0[None, :]
-    return out / scale
+    return out / np.asarray(scale, dtype=np.float64)[None, :]
 
 
 def bootstrap_ci(f1: np.ndarray, buckets: np.ndarray, table: pd.DataFrame, gen_features, human_features, bng_res: BNGResult | None,
@@ -658,7 +649,7 @@ def bootstrap_ci(f1: np.ndarray, buckets: np.ndarray, table: pd.DataFrame, gen_f
         for b in bng_res.by_bucket.loc[bng_res.by_bucket["eligible"], "bucket_id"]:
             idx, fb = np.flatnonzero(buckets == b), bng_res.contributions[bng_res.contributions["bucket_id"] == b]
             g, h = G[idx][:, fb["column"].to_numpy()], H[idx][:, fb["column"].to_numpy()]
-            bng_b[b] = _bng_replicates(W, idx, g, h, fb["scale"].to_numpy(), mcfg.bng_scale, mcfg.bng_eps).mean(axis=1)
+            bng_b[b] = _bng_replicates(W, idx, g, h, fb["scale"].to_numpy()).mean(axis=1)
         rep["bng_macro"] = np.mean(np.stack(list(bng_b.values())), axis=0) if bng_b else np.full(B, np.nan)
     else:
         rep["bng_macro"] = np.full(B, np.nan)
@@ -690,7 +681,7 @@ def bootstrap_ci(f1: np.ndarray, buckets: np.ndarray, table: pd.DataFrame, gen_f
     for k, v in rep.items():
         v = v[np.isfinite(v)]
         out[k] = {"low": float(np.quantile(v, a)), "high": float(np.quantile(v, 1 - a)), "n": int(len(v))} if len(v) else {"low": None, "high": None, "n": 0}
-    return {"method": "stratified row bootstrap (within buckets), percentile", "samples": B, "level": mcfg.ci_level,
+    return {"method": "stratified row bootstrap (within buckets), percentile; BNG scale held at the point estimate", "samples": B, "level": mcfg.ci_level,
             "seed": derive_seed(seed, "bootstrap", language), **out}
 
 # %% ../nbs/07_metrics.ipynb #b29d9f1b

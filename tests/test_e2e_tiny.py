@@ -44,6 +44,20 @@ def test_predictions_cover_the_test_split_once(run):
     assert {"Human", "Empty", "BaseLM", "CoT", "Full-SFT", "Bucket-SFT", "DPO", "HDPO"} <= set(t2["method"])
 
 
+def test_table2_cells_lie_in_their_bootstrap_intervals(run):
+    out, _ = run
+    t2 = pd.read_csv(out / "tables" / "table2_main.csv")
+    outside, checked = [], 0
+    for _, r in t2.iterrows():
+        for lang in ("en", "zh"):
+            for m in ("qa_f1", "bng_macro", "g_mauve", "nuf", "agg"):
+                v, lo, hi = r[f"{lang}_{m}"], r[f"{lang}_{m}_low"], r[f"{lang}_{m}_high"]
+                if pd.isna(lo): continue
+                checked += 1
+                if not lo - 1e-9 <= v <= hi + 1e-9: outside.append((r["method"], lang, m, v, lo, hi))
+    assert checked >= 8 * 2 * 5 and not outside, outside
+
+
 def test_second_run_skips_every_stage(run, polyalign_cli):
     out, _ = run
     r = subprocess.run([*polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(out), "--set", *SMALL],

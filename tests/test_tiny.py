@@ -67,8 +67,8 @@ def test_generate_and_aux_kinds(built):
         build_model(tok, SPEC, kind="vision")
 
 
-def test_training_step_well_under_a_second(built):
-    "Sizing check (not a timing assertion on the hot path): one optimiser step on a batch of 8 x 128 tokens."
+def test_tiny_model_is_small_and_learns(built):
+    "Sizing check: under a million parameters, and three optimiser steps on 8 x 128 tokens lower the loss (step time is benchmarked, not asserted)."
     tok = AutoTokenizer.from_pretrained(built)
     m = AutoModelForCausalLM.from_pretrained(built).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
