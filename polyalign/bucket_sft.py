@@ -17,7 +17,7 @@ from .core import ConfigError, log
 # %% auto #0
 __all__ = ['bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk', 'BucketSFTConfig',
            'WeightCollator', 'BucketSFTTrainer', 'per_example_token_nll', 'sft_arguments', 'lora_config',
-           'make_sft_trainer', 'train_sft', 'sft_dataset']
+           'make_sft_trainer', 'train_sft', 'sft_dataset', 'fit_train_records']
 
 # %% ../nbs/03_bucket_sft.ipynb #d6bcafb6
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -199,7 +199,10 @@ def make_sft_trainer(method: str, model_path, dataset, sft, output_dir, *, seed:
     args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted)
     if not weighted and "weight" in dataset.column_names: dataset = dataset.remove_columns("weight")
     cls = BucketSFTTrainer if weighted else SFTTrainer
-    return cls(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(sft))
+    tr = cls(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(sft))
+    # both trainers drop examples with no supervised token left after truncation; count them alike
+    tr.skipped_unsupervised = len(dataset) - len(tr.train_dataset)
+    return tr
 
 
 def train_sft(trainer, output_dir) -> dict:
@@ -232,3 +235,21 @@ def sft_dataset(records: Sequence[Mapping], render, table: Mapping[str, float] |
         rows.append({"id": str(r["id"]), "bucket_id": r["bucket_id"], "prompt": render(r),
                      "completion": [{"role": "assistant", "content": r["human_answer"]}], "weight": float(wi)})
     return Dataset.from_list(rows)
+
+
+def fit_train_records(records: Sequence[Mapping], tokenizer, render, max_length: int, answer_share: float = 0.25) -> tuple[list[dict], int]:
+    """Cut each record's oldest history turns, then the start of its context (the inference rule of
+    `polyalign.generate.fit_prompt`), until the chat-rendered prompt leaves room for `min(answer tokens, answer_share ·
+    max_length)` answer tokens within `max_length`. Without it the trainer's right truncation cuts the answer away behind
+    a long context and the example is dropped. Returns the records (cut copies where needed) and how many were cut."""
+    from polyalign.generate import fit_prompt
+    if not 0 < answer_share < 1: raise ValueError(f"answer_share must lie in (0, 1), got {answer_share}")
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    build = lambda rec: tokenizer.apply_chat_template(render(rec), tokenize=False, add_generation_prompt=True)
+    out, n_cut = [], 0
+    for r in records:
+        room = min(count(str(r["human_answer"])) + 1, int(answer_share * max_length))   # + the end-of-turn token
+        p = fit_prompt(r, build, count, max_length - room)
+        out.append(p.record); n_cut += p.truncated
+    return out, n_cut
+

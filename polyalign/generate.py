@@ -9,7 +9,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -76,6 +76,7 @@ class Prompt:
     n_tokens: int
     truncated: bool
     fits: bool
+    record: dict | None = field(default=None, repr=False)  # the record as cut (history and context that were kept)
 
 
 def fit_prompt(record, build: Callable[[dict], str], count: Callable[[str], int], max_tokens: int) -> Prompt:
@@ -98,7 +99,7 @@ def fit_prompt(record, build: Callable[[dict], str], count: Callable[[str], int]
             else: lo = mid + 1
         rec["context"] = ctx[lo:]; truncated = True
         text = build(rec); n = count(text)
-    return Prompt(str(record["id"]), text, n, truncated, n <= max_tokens)
+    return Prompt(str(record["id"]), text, n, truncated, n <= max_tokens, rec)
 
 # %% ../nbs/06_generate.ipynb #9866e060
 _FALLBACK_KEY = re.compile(r'"final_answer"\s*:\s*"((?:[^"\\]|\\.)*)"', re.S)

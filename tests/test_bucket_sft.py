@@ -7,7 +7,9 @@ from hypothesis import given, settings, strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from polyalign.bucket_sft import (BucketSFTConfig, BucketSFTTrainer, bucket_masses, bucket_weights, example_weights,
-                                  macro_risk, per_example_token_nll, weighted_risk)
+                                  fit_train_records, macro_risk, make_sft_trainer, per_example_token_nll, sft_dataset,
+                                  weighted_risk)
+from polyalign.core import SFTStageConfig
 from polyalign.core import TinyModelSpec, build_tiny
 
 
@@ -89,6 +91,36 @@ def test_unsupervised_examples_are_counted(tiny, tmp_path):
     ds = ds.add_item({"id": "long", "weight": 1.0, "prompt": long_prompt, "completion": [{"role": "assistant", "content": "x"}]})
     tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=2, max_steps=1, max_length=48)
     assert tr.skipped_unsupervised == 1 and len(tr.train_dataset) == 3
+
+
+def _records():
+    base = dict(language="en", track="single", family="qa", style_bucket="", length_bin="short", dialogue_history=[], meta={})
+    long_ctx = " ".join(f"sentence{i} of the passage." for i in range(300))
+    return [{**base, "id": "long", "bucket_id": "en|single|qa|short", "question": "What is said last?", "context": long_ctx,
+             "human_answer": "The passage ends with sentence299."},
+            {**base, "id": "short", "bucket_id": "en|single|qa|medium", "question": "Why?", "context": "Because.",
+             "human_answer": "Because it is so."}]
+
+
+def test_long_context_is_cut_so_the_answer_is_trained(tiny, tmp_path):
+    from polyalign.data import render_messages
+    from polyalign.core import DataConfig
+    d, tok = tiny
+    render = lambda r: render_messages(r, DataConfig())
+    recs = _records()
+    fitted, n_cut = fit_train_records(recs, tok, render, max_length=256)
+    assert n_cut == 1 and fitted[1] == recs[1]                       # only the long one is cut
+    kept = fitted[0]["context"]
+    assert recs[0]["context"].endswith(kept) and 0 < len(kept) < len(recs[0]["context"])   # cut from the left
+    assert kept.endswith("sentence299 of the passage.") and fitted[0]["question"] == recs[0]["question"]
+    sft = SFTStageConfig(max_length=256, per_device_batch_size=2, examples_per_step=2)
+    for method in ("full_sft", "bucket_sft"):
+        raw = make_sft_trainer(method, d, sft_dataset(recs, render), sft, tmp_path / f"raw-{method}", seed=0)
+        cut = make_sft_trainer(method, d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{method}", seed=0)
+        # uncut, the answer lies past max_length and the example is dropped (and counted, by both trainers alike)
+        assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), method
+    with pytest.raises(ValueError, match="answer_share"):
+        fit_train_records(recs, tok, render, max_length=128, answer_share=1.5)
 
 
 def test_bad_inputs(tiny, tmp_path):

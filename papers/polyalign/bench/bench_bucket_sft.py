@@ -1,29 +1,25 @@
 """Bucket-SFT vs stock SFTTrainer: median step time on identical batches of the tiny model (same process)."""
 import os
 import platform
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _steptime import abba_step_times, medians  # noqa: E402
 STEPS, ROUNDS = 40, 4
 
 
 def main() -> Path:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from polyalign.bucket_sft import BucketSFTConfig, BucketSFTTrainer
     from polyalign.core import TinyModelSpec, build_tiny
-
-    class StepTimer(TrainerCallback):
-        def __init__(self): self.times, self.t0 = [], None
-        def on_step_begin(self, *a, **k): self.t0 = time.perf_counter()
-        def on_step_end(self, *a, **k): self.times.append(time.perf_counter() - self.t0)
 
     tmp = Path(tempfile.mkdtemp())
     model_dir = build_tiny(tmp / "m", TinyModelSpec(), seed=0)
@@ -35,19 +31,13 @@ def main() -> Path:
     ds = Dataset.from_list(rows)
     common = dict(per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-4, report_to=[], max_length=128,
                   use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, data_seed=0, logging_steps=1000)
-    med = {"SFTTrainer (Full-SFT)": [], "BucketSFTTrainer": []}
-    for r in range(ROUNDS):
-        for name in (list(med) if r % 2 == 0 else list(med)[::-1]):   # ABBA order: drift hits both trainers alike
-            timer = StepTimer()
-            if name == "BucketSFTTrainer":
-                tr = BucketSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=BucketSFTConfig(output_dir=str(tmp / "b"), **common),
-                                      train_dataset=ds, processing_class=tok, callbacks=[timer])
-            else:
-                tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=SFTConfig(output_dir=str(tmp / "s"), **common),
-                                train_dataset=ds.remove_columns("weight"), processing_class=tok, callbacks=[timer])
-            tr.train()
-            med[name].extend(timer.times[1:])          # first step excluded (warm-up)
-    m = {k: statistics.median(v) for k, v in med.items()}
+    make = {
+        "SFTTrainer (Full-SFT)": lambda cb: SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=SFTConfig(output_dir=str(tmp / "s"), **common),
+                                                       train_dataset=ds.remove_columns("weight"), processing_class=tok, callbacks=cb),
+        "BucketSFTTrainer": lambda cb: BucketSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=BucketSFTConfig(output_dir=str(tmp / "b"), **common),
+                                                        train_dataset=ds, processing_class=tok, callbacks=cb)}
+    med = abba_step_times(make, ROUNDS)
+    m = medians(med)
     ratio = m["BucketSFTTrainer"] / m["SFTTrainer (Full-SFT)"]
     out = HERE / "bucket_sft.md"
     out.write_text("\n".join([

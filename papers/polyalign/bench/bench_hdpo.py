@@ -2,29 +2,25 @@
 precomputed reference log-probs (same process, alternating runs)."""
 import os
 import platform
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _steptime import abba_step_times, medians  # noqa: E402
 STEPS, ROUNDS = 40, 4
 
 
 def main() -> Path:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from polyalign.core import TinyModelSpec, build_tiny
     from polyalign.hdpo import HDPOConfig, HDPOTrainer
-
-    class StepTimer(TrainerCallback):
-        def __init__(self): self.times, self.t0 = [], None
-        def on_step_begin(self, *a, **k): self.t0 = time.perf_counter()
-        def on_step_end(self, *a, **k): self.times.append(time.perf_counter() - self.t0)
 
     tmp = Path(tempfile.mkdtemp())
     d = build_tiny(tmp / "m", TinyModelSpec(), seed=0)
@@ -36,24 +32,18 @@ def main() -> Path:
     ds = Dataset.from_list(rows)
     results = {}
     for precompute in (False, True):
-        med = {"DPOTrainer": [], "HDPOTrainer": []}
         common = dict(per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-5, report_to=[], max_length=128,
                       use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, data_seed=0, logging_steps=1000,
                       beta=0.1, precompute_ref_log_probs=precompute)
-        for r in range(ROUNDS):
-            for name in (list(med) if r % 2 == 0 else list(med)[::-1]):   # ABBA order: drift hits both trainers alike
-                timer = StepTimer()
-                ref = None if precompute else AutoModelForCausalLM.from_pretrained(d)
-                if name == "HDPOTrainer":
-                    tr = HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref, args=HDPOConfig(output_dir=str(tmp / "h"), **common),
-                                     train_dataset=ds, processing_class=tok, callbacks=[timer])
-                else:
-                    tr = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref,
-                                    args=DPOConfig(output_dir=str(tmp / "d"), loss_type=["sigmoid"], **common),
-                                    train_dataset=ds.remove_columns(["weight", "s_plus", "s_minus"]), processing_class=tok, callbacks=[timer])
-                tr.train()
-                med[name].extend(timer.times[1:])
-        results[precompute] = {k: statistics.median(v) for k, v in med.items()}
+        ref = lambda: None if precompute else AutoModelForCausalLM.from_pretrained(d)
+        make = {
+            "DPOTrainer": lambda cb: DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref(),
+                                                args=DPOConfig(output_dir=str(tmp / "d"), loss_type=["sigmoid"], **common),
+                                                train_dataset=ds.remove_columns(["weight", "s_plus", "s_minus"]), processing_class=tok, callbacks=cb),
+            "HDPOTrainer": lambda cb: HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref(),
+                                                  args=HDPOConfig(output_dir=str(tmp / "h"), **common),
+                                                  train_dataset=ds, processing_class=tok, callbacks=cb)}
+        results[precompute] = medians(abba_step_times(make, ROUNDS))
     out = HERE / "hdpo.md"
     lines = ["# HDPO step time", "",
              f"Tiny Qwen2 model, batch 8 pairs, max_length 128, {STEPS} steps per run, {ROUNDS} runs per trainer in ABBA order, "
