@@ -26,15 +26,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import yaml
 
 # %% auto #0
-__all__ = ['log', 'PACKAGES', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS', 'ConfigError', 'TinyModelSpec', 'ModelsConfig',
-           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
-           'CriticConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides',
-           'project_root', 'config_dir', 'profiles', 'read_yaml', 'load_config', 'save_config', 'stable_hash',
-           'file_hash', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
-           'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything',
-           'package_versions', 'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current',
-           'StageResult', 'run_stage', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus',
-           'build_tokenizer', 'build_model', 'build_tiny']
+__all__ = ['log', 'METHOD_CHOICES', 'PACKAGES', 'SELECTION_KEYS', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS',
+           'ConfigError', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
+           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'RunConfig', 'config_to_dict',
+           'config_from_dict', 'parse_override', 'apply_overrides', 'project_root', 'config_dir', 'profiles',
+           'read_yaml', 'check_methods', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'atomic_path',
+           'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'append_jsonl',
+           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
+           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
+           'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus', 'build_tokenizer',
+           'build_model', 'build_tiny']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -155,6 +156,7 @@ class SFTStageConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     examples_per_step: int = 64  # per optimiser step, over devices and accumulation
+    methods: list[str] = field(default_factory=lambda: ["full_sft", "bucket_sft"])  # which to train (not hashed)
     per_device_batch_size: int = 4
     max_length: int = 2048  # prompt + answer tokens; longer prompts are cut from the left by the renderer
     weight_clip: list[float] = field(default_factory=list)  # [lo, hi] clips bucket weights (off: the paper's objective)
@@ -183,7 +185,7 @@ class GenerateConfig:
     max_new_tokens: int = 256  # one budget for every method (CoT included)
     max_prompt_tokens: int = 3840  # prompts are cut from the left of history/context to fit
     batch_size: int = 16
-    methods: list[str] = field(default_factory=lambda: ["base_lm", "cot", "full_sft", "bucket_sft"])
+    methods: list[str] = field(default_factory=lambda: ["base_lm", "cot", "full_sft", "bucket_sft"])  # not hashed
     splits: list[str] = field(default_factory=lambda: ["test"])  # plus train prompts for the preference stages
     vllm_gpu_memory_utilization: float = 0.85
     vllm_data_parallel: int = 0  # 0 = one engine per visible GPU
@@ -192,6 +194,7 @@ class GenerateConfig:
 @dataclass
 class PreferenceConfig:
     "DPO and HDPO (05_hdpo). Defaults are the paper's (§3.4, §4.1); both methods share every training setting."
+    methods: list[str] = field(default_factory=lambda: ["dpo", "hdpo"])  # which to train and evaluate (not hashed)
     beta: float = 0.1
     hdpo_lambda: float = 0.1
     p_mode: str = "margin"  # how Δπ enters p: summed (Eq. 9 as printed), length_normalized, margin
@@ -412,6 +415,20 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
 
 
+METHOD_CHOICES = {"generate": ("base_lm", "cot", "full_sft", "bucket_sft"), "sft": ("full_sft", "bucket_sft"),
+                  "preference": ("dpo", "hdpo")}
+
+
+def check_methods(cfg: RunConfig) -> RunConfig:
+    "Each section's `methods` must name known methods of that stage, without repeats."
+    for sec, known in METHOD_CHOICES.items():
+        got = list(getattr(cfg, sec).methods)
+        bad = [m for m in got if m not in known]
+        if bad: raise ConfigError(f"unknown method '{bad[0]}' in {sec}.methods (known: {', '.join(known)})")
+        if len(set(got)) != len(got): raise ConfigError(f"{sec}.methods repeats a method: {got}")
+    return cfg
+
+
 def load_config(profile_or_path: str | Path = "tiny", overrides: Iterable[str] | dict | None = None) -> RunConfig:
     "Resolve a profile name or YAML path into a validated `RunConfig`, then apply overrides."
     s = str(profile_or_path)
@@ -428,7 +445,7 @@ def load_config(profile_or_path: str | Path = "tiny", overrides: Iterable[str] |
         cfg = config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return apply_overrides(cfg, overrides)
+    return check_methods(apply_overrides(cfg, overrides))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
@@ -589,10 +606,17 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
+# Keys that choose *which* methods a stage runs, never *how*: left out of the hashes, so running one method alone
+# (`polyalign reproduce --only dpo`) leaves every other method's finished parts current.
+SELECTION_KEYS = {"generate": ("methods",), "sft": ("methods",), "preference": ("methods",)}
+
+
 def config_section_hash(cfg: RunConfig, sections: Iterable[str] = ()) -> str:
-    "Hash of the config sections a stage reads (`()` = the whole config less `run_dir`)."
+    "Hash of the config sections a stage reads (`()` = the whole config less `run_dir` and the `SELECTION_KEYS`)."
     d = config_to_dict(cfg)
     d.pop("run_dir", None)
+    for sec, keys in SELECTION_KEYS.items():
+        if isinstance(d.get(sec), dict): d[sec] = {k: v for k, v in d[sec].items() if k not in keys}
     if sections:
         missing = [s for s in sections if s not in d]
         if missing: raise ConfigError(f"stage reads unknown config section(s): {', '.join(missing)}")

@@ -20,8 +20,8 @@ from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, loa
                             package_versions, project_root, read_manifest)
 
 # %% auto #0
-__all__ = ['STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce',
-           'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
+__all__ = ['STAGES', 'METHOD_STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run',
+           'reproduce', 'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #9808d80e
 @dataclass(frozen=True)
@@ -38,18 +38,33 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
     Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
     Stage("critic", "04_critic.ipynb", "Bucket-SFT answers to train/val prompts, D_b targets, the critic trained with early stopping; Spearman and ranking accuracy"),
-    Stage("hdpo", "05_hdpo.ipynb", "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
+    Stage("preference", "05_hdpo.ipynb", "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
     Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 
 
-def select_stages(only: list[str] | None = None) -> list[Stage]:
-    "The stages to run, in pipeline order; unknown names are a `ConfigError`."
-    if not only: return list(STAGES)
+# method -> the stages that make it, each with the config section whose `methods` list narrows to it
+METHOD_STAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "base_lm": (("generate", "generate"),), "cot": (("generate", "generate"),),
+    "full_sft": (("sft", "sft"), ("generate", "generate")), "bucket_sft": (("sft", "sft"), ("generate", "generate")),
+    "dpo": (("preference", "preference"),), "hdpo": (("preference", "preference"),)}
+
+
+def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]]:
+    """The stages to run, in pipeline order, and the overrides that narrow them to the methods named in `only`
+    (stage names run whole). Unknown names are a `ConfigError`."""
+    if not only: return list(STAGES), []
     known = {s.name for s in STAGES}
-    bad = [o for o in only if o not in known]
-    if bad: raise ConfigError(f"unknown stage '{bad[0]}' (known: {', '.join(s.name for s in STAGES)})")
-    return [s for s in STAGES if s.name in only]
+    bad = [o for o in only if o not in known and o not in METHOD_STAGES]
+    if bad: raise ConfigError(f"unknown stage or method '{bad[0]}' (stages: {', '.join(s.name for s in STAGES)}; "
+                              f"methods: {', '.join(METHOD_STAGES)})")
+    names, narrowed = {o for o in only if o in known}, {}
+    for m in (o for o in only if o in METHOD_STAGES):
+        for stage, section in METHOD_STAGES[m]:
+            names.add(stage)
+            if stage not in only: narrowed.setdefault(section, []).append(m)
+    overrides = [f"{sec}.methods=[{', '.join(dict.fromkeys(ms))}]" for sec, ms in narrowed.items()]
+    return [s for s in STAGES if s.name in names], overrides
 
 # %% ../nbs/11_reproduce.ipynb #0bd27596
 class StageFailed(RuntimeError):
@@ -105,8 +120,8 @@ def resolve_run(profile: str, out: str | Path | None = None, sets: list[str] | N
 def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[str] | None = None,
               sets: list[str] | None = None, nbs_dir: str | Path | None = None) -> dict:
     "Run the selected stage notebooks in order; returns the run manifest."
-    config_path, overrides, cfg = resolve_run(profile, out, sets)
-    stages = select_stages(only)
+    stages, narrow = select_stages(only)
+    config_path, overrides, cfg = resolve_run(profile, out, [*(sets or []), *narrow])
     nbs = Path(nbs_dir) if nbs_dir else project_root() / "nbs"
     run_dir = Path(cfg.run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     log.info("reproduce: profile %s -> %s (%d stages)", cfg.profile, run_dir, len(stages))
@@ -165,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run the stage notebooks through papermill")
     r.add_argument("--profile", default="tiny", help="profile name (tiny, paper) or path to a YAML config")
     r.add_argument("--out", default=None, help="run directory (default: the config's run_dir, runs/<profile>)")
-    r.add_argument("--only", nargs="+", default=None, metavar="STAGE", help=f"stages to run ({', '.join(s.name for s in STAGES)})")
+    r.add_argument("--only", nargs="+", default=None, metavar="STAGE|METHOD",
+                   help=f"stages to run ({', '.join(s.name for s in STAGES)}) or methods ({', '.join(METHOD_STAGES)})")
     r.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE", help="dotted config overrides")
     i = sub.add_parser("info", help="print versions, devices and the resolved config")
     i.add_argument("--profile", default="tiny")

@@ -65,3 +65,13 @@ def test_second_run_skips_every_stage(run, polyalign_cli):
     assert r.returncode == 0, r.stderr[-4000:]
     for st in STAGES:
         assert f"stage {st.name}: current, skipped" in r.stderr, st.name
+
+
+def test_one_method_runs_only_its_own_parts(run, polyalign_cli):
+    out, _ = run
+    r = subprocess.run([*polyalign_cli, "reproduce", "--profile", "tiny", "--out", str(out), "--only", "dpo", "--set", *SMALL],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    # DPO's parts: Full-SFT train answers, pairs and training per language, test predictions; HDPO's are not touched
+    assert "stage preference: current, skipped (6 parts finished earlier)" in r.stderr, r.stderr[-3000:]
+    assert "stage sft" not in r.stderr and "stage metrics" not in r.stderr

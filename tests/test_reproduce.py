@@ -44,7 +44,7 @@ def test_failing_stage_names_cell_and_keeps_artifacts(polyalign_cli, run_dir):
 
 def test_unknown_stage(polyalign_cli, tmp_path):
     r = _run(polyalign_cli, "reproduce", "--out", str(tmp_path / "x"), "--only", "nosuch")
-    assert r.returncode == 2 and "unknown stage 'nosuch'" in r.stderr
+    assert r.returncode == 2 and "unknown stage or method 'nosuch'" in r.stderr
 
 
 def test_info(polyalign_cli):
