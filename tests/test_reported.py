@@ -11,6 +11,7 @@ import pytest
 
 REPORTED = Path(__file__).resolve().parents[1] / "papers/polyalign/reported"
 PAPER_TXT = Path(__file__).resolve().parents[2] / "shared/paper/polyalign-2606.13227v1.txt"
+TABLE2_EXCERPT = REPORTED / "paper_table2_excerpt.txt"   # the paper's Table 2 text, bundled (CC BY 4.0)
 
 # Non-numeric, non-identifier columns.
 TEXT_COLUMNS = {"situation", "track", "runtime"}
@@ -233,3 +234,36 @@ def test_table2_numbers_appear_in_paper_text():
         if r[c] not in text
     ]
     assert not missing, missing
+
+
+def _excerpt_rows() -> dict[tuple[str, str], list[str]]:
+    "(model, method) -> the ten printed numbers of that Table 2 line (en then zh), from the bundled excerpt."
+    lines = [l for l in TABLE2_EXCERPT.read_text(encoding="utf-8").splitlines() if l and not l.startswith("#")]
+    models = ["Qwen2.5-1.5B", "Gemma-2-2B", "Qwen2.5-3B", "Llama-3.2-3B"]
+    rows, block = {}, []
+    for l in lines:
+        toks = l.replace("\\rowcolorbucketrow", "").split()
+        if not toks or toks[0] not in ("BaseLM", "CoT", "Full-SFT", "DPO", "Bucket-SFT") and toks[0] not in models: continue
+        model = toks[0] if toks[0] in models else None
+        method, nums = (toks[1], toks[2:]) if model else (toks[0], toks[1:])
+        assert len(nums) == 10, l
+        block.append((method, nums))
+        if model:                                  # the model name is printed on its block's last (HDPO) line
+            rows.update({(model, m): n for m, n in block}); block = []
+    assert not block and len(rows) == 24
+    return rows
+
+
+def test_table2_matches_the_paper_row_by_row():
+    "Every Table 2 cell equals the printed number at its place in the paper's table (bundled excerpt; runs on any checkout)."
+    rows = _excerpt_rows()
+    if PAPER_TXT.exists():                         # the excerpt itself is verbatim paper text
+        text = PAPER_TXT.read_text(encoding="utf-8")
+        body = [l for l in TABLE2_EXCERPT.read_text(encoding="utf-8").splitlines() if not l.startswith("#")]
+        assert "\n".join(body) in text
+    df = load("table2_main.csv")
+    metrics = ["qa_f1", "bng_macro", "g_mauve", "nuf", "agg"]
+    assert len(df) == 48
+    for _, r in df.iterrows():
+        printed = rows[(r["model"], r["method"])][(0 if r["language"] == "en" else 5):][:5]
+        assert [r[m] for m in metrics] == printed, (r["model"], r["method"], r["language"])
