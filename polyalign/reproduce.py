@@ -43,11 +43,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-# method -> the stages that make it, each with the config section whose `methods` list narrows to it
-METHOD_STAGES: dict[str, tuple[tuple[str, str], ...]] = {
-    "base_lm": (("generate", "generate"),), "cot": (("generate", "generate"),),
-    "full_sft": (("sft", "sft"), ("generate", "generate")), "bucket_sft": (("sft", "sft"), ("generate", "generate")),
-    "dpo": (("preference", "preference"),), "hdpo": (("preference", "preference"),)}
+# method -> the stages that make it; each such stage reads the `methods` list of the config section of its name
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "base_lm": ("generate",), "cot": ("generate",), "full_sft": ("sft", "generate"), "bucket_sft": ("sft", "generate"),
+    "dpo": ("preference",), "hdpo": ("preference",)}
 
 
 def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]]:
@@ -60,9 +59,9 @@ def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]
                               f"methods: {', '.join(METHOD_STAGES)})")
     names, narrowed = {o for o in only if o in known}, {}
     for m in (o for o in only if o in METHOD_STAGES):
-        for stage, section in METHOD_STAGES[m]:
+        for stage in METHOD_STAGES[m]:
             names.add(stage)
-            if stage not in only: narrowed.setdefault(section, []).append(m)
+            if stage not in only: narrowed.setdefault(stage, []).append(m)
     overrides = [f"{sec}.methods=[{', '.join(dict.fromkeys(ms))}]" for sec, ms in narrowed.items()]
     return [s for s in STAGES if s.name in names], overrides
 
