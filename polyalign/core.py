@@ -608,7 +608,7 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 # Keys that choose *which* methods a stage runs, never *how*: left out of the hashes, so running one method alone
 # (`polyalign reproduce --only dpo`) leaves every other method's finished parts current.
-SELECTION_KEYS = {"generate": ("methods",), "sft": ("methods",), "preference": ("methods",)}
+SELECTION_KEYS = {sec: ("methods",) for sec in METHOD_CHOICES}
 
 
 def config_section_hash(cfg: RunConfig, sections: Iterable[str] = ()) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import (ConfigError, apply_overrides, config_dir, config_to_dict, load_config, log,
+from .core import (METHOD_CHOICES, ConfigError, apply_overrides, config_dir, config_to_dict, load_config, log,
                             package_versions, project_root, read_manifest)
 
 # %% auto #0
@@ -43,10 +43,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-# method -> the stages that make it; each such stage reads the `methods` list of the config section of its name
+# method -> the stages that make it, in pipeline order: each stage named like a config section with a `methods` list
+# (`polyalign.core.METHOD_CHOICES`) makes the methods that list may hold
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "base_lm": ("generate",), "cot": ("generate",), "full_sft": ("sft", "generate"), "bucket_sft": ("sft", "generate"),
-    "dpo": ("preference",), "hdpo": ("preference",)}
+    m: tuple(s.name for s in STAGES if m in METHOD_CHOICES.get(s.name, ())) for ms in METHOD_CHOICES.values() for m in ms}
 
 
 def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]]:
