@@ -13,6 +13,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -26,16 +27,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import yaml
 
 # %% auto #0
-__all__ = ['log', 'METHOD_CHOICES', 'PACKAGES', 'SELECTION_KEYS', 'SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS',
-           'ConfigError', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
-           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'RunConfig', 'config_to_dict',
-           'config_from_dict', 'parse_override', 'apply_overrides', 'project_root', 'config_dir', 'profiles',
-           'read_yaml', 'check_methods', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'atomic_path',
-           'atomic_write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'append_jsonl',
+__all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS', 'PACKAGES',
+           'SELECTION_KEYS', 'ConfigError', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig',
+           'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'RunConfig',
+           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
+           'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'Method', 'methods_for',
+           'method_by_label', 'check_methods', 'load_config', 'save_config', 'stable_hash', 'file_hash',
+           'current_umask', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape',
+           'tex_escape', 'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
            'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
            'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
-           'stage_config', 'run_path', 'model_slug', 'base_model_path', 'default_corpus', 'build_tokenizer',
-           'build_model', 'build_tiny']
+           'parse_overrides', 'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -46,7 +48,7 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-# %% ../nbs/00_core.ipynb #d18af254
+# %% ../nbs/00_core.ipynb #0af44a57
 class ConfigError(ValueError):
     "A configuration problem a user must fix; its message is one line naming the problem."
 
@@ -72,7 +74,7 @@ class ModelsConfig:
     trust_remote_code: bool = False
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
 
-
+# %% ../nbs/00_core.ipynb #e5735e13
 @dataclass
 class MetricsConfig:
     "Evaluation settings read by the `metrics` stage (07_metrics); defaults follow the paper / the authors' CLI unless noted."
@@ -146,7 +148,7 @@ class DataConfig:
     paper_compat_gold_length_bin: bool = False  # put the human answer's length_bin in the system profile (oracle at test time)
     tiny_scale: float = 1.0  # multiplies the tiny fixture row counts
 
-
+# %% ../nbs/00_core.ipynb #5cb6bad2
 @dataclass
 class SFTStageConfig:
     "Full-SFT and Bucket-SFT (03_bucket_sft). Defaults are the paper's (§4.1, App. C); one setting serves both methods."
@@ -190,7 +192,7 @@ class GenerateConfig:
     vllm_gpu_memory_utilization: float = 0.85
     vllm_data_parallel: int = 0  # 0 = one engine per visible GPU
 
-
+# %% ../nbs/00_core.ipynb #3a71fcf4
 @dataclass
 class PreferenceConfig:
     "DPO and HDPO (05_hdpo). Defaults are the paper's (§3.4, §4.1); both methods share every training setting."
@@ -369,7 +371,7 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | dict | None) -> R
             break
     return config_from_dict(d)
 
-# %% ../nbs/00_core.ipynb #0577590e
+# %% ../nbs/00_core.ipynb #78421032
 def project_root() -> Path:
     "The source checkout that holds `nbs/` and `papers/` (the parent of the installed package in an editable install)."
     env = os.environ.get("POLYALIGN_ROOT")
@@ -380,9 +382,26 @@ def project_root() -> Path:
     return here
 
 
+def package_data_dir() -> Path:
+    "Profiles, stage notebooks and reported tables as shipped inside the installed package (`polyalign/assets/`)."
+    return (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()) / "assets"
+
+
+_CHECKOUT_ASSETS = {"configs": ("papers", "polyalign", "configs"), "reported": ("papers", "polyalign", "reported"),
+                    "nbs": ("nbs",)}
+
+
+def asset_path(kind: str, *parts: str) -> Path:
+    """A shipped asset (`configs`, `reported` or `nbs`): the source checkout's when there is one, else the copy that
+    the wheel carries under `polyalign/assets/`, so `pip install polyalign` users get the same profiles and notebooks."""
+    if kind not in _CHECKOUT_ASSETS: raise ValueError(f"unknown asset kind {kind!r} (known: {', '.join(_CHECKOUT_ASSETS)})")
+    checkout = project_root().joinpath(*_CHECKOUT_ASSETS[kind])
+    return (checkout if checkout.is_dir() else package_data_dir() / kind).joinpath(*parts)
+
+
 def config_dir() -> Path:
-    "Directory holding the profile YAMLs."
-    return Path(os.environ.get("POLYALIGN_CONFIG_DIR", project_root() / "papers" / "polyalign" / "configs"))
+    "Directory holding the profile YAMLs: `$POLYALIGN_CONFIG_DIR`, else `asset_path(\"configs\")`."
+    return Path(os.environ["POLYALIGN_CONFIG_DIR"]) if os.environ.get("POLYALIGN_CONFIG_DIR") else asset_path("configs")
 
 
 def profiles() -> list[str]:
@@ -415,13 +434,63 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
 
 
-METHOD_CHOICES = {"generate": ("base_lm", "cot", "full_sft", "bucket_sft"), "sft": ("full_sft", "bucket_sft"),
-                  "preference": ("dpo", "hdpo")}
+# %% ../nbs/00_core.ipynb #436fd9ab
+LANGUAGES = ("en", "zh")  # the paper's two languages
+SPLITS = ("train", "val", "test")
+# Han ideographs (URO, Ext. A, compatibility, Ext. B and later) as a regex character-class body: f"[{HAN}]"
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 
 
+@dataclass(frozen=True)
+class Method:
+    "One method of Table 2."
+    name: str  # the key used in configs, file names and manifests
+    label: str  # the paper's row label
+    trained_by: str | None  # the stage that trains it; None: the base model as it is
+    init: str | None  # the method whose checkpoint it starts from and whose answers it rejects; None: the base model
+    prompt: str  # plain (base LM continuation), cot (JSON reasoning prompt) or chat (the chat renderer)
+    predicted_by: str  # the stage that writes its test predictions
+
+    @property
+    def checkpoint(self) -> bool:
+        "True when the method has a checkpoint of its own per language (`checkpoints/<model>/<name>-<lang>/final`)."
+        return self.trained_by is not None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("base_lm", "BaseLM", None, None, "plain", "generate"),
+    Method("cot", "CoT", None, None, "cot", "generate"),
+    Method("full_sft", "Full-SFT", "sft", None, "chat", "generate"),
+    Method("dpo", "DPO", "preference", "full_sft", "chat", "preference"),
+    Method("bucket_sft", "Bucket-SFT", "sft", None, "chat", "generate"),
+    Method("hdpo", "HDPO", "preference", "bucket_sft", "chat", "preference"),
+)}
+SANITY_ROWS = ("Human", "Empty")  # rows of every table that no method produces: the held-out human answers, empty answers
+TABLE_ORDER = (*SANITY_ROWS, *(m.label for m in METHODS.values()))
+METHOD_SECTIONS = ("generate", "sft", "preference")  # config sections with a `methods` list
+
+
+def methods_for(section: str) -> tuple[str, ...]:
+    "The methods a config section's `methods` list may hold: those the stage trains, or (generate) predicts."
+    if section not in METHOD_SECTIONS: raise ConfigError(f"section '{section}' selects no methods ({METHOD_SECTIONS})")
+    if section == "generate": return tuple(m.name for m in METHODS.values() if m.predicted_by == "generate")
+    return tuple(m.name for m in METHODS.values() if m.trained_by == section)
+
+
+def _label_key(s: str) -> str: return re.sub(r"[^a-z0-9]", "", str(s).lower())
+
+
+def method_by_label(label: str) -> Method:
+    "The method whose label or name matches `label`, ignoring case and punctuation (`full-sft`, `FullSFT`, `Full-SFT`)."
+    for m in METHODS.values():
+        if _label_key(label) in (_label_key(m.label), _label_key(m.name)): return m
+    raise KeyError(f"unknown method label {label!r} (known: {', '.join(m.label for m in METHODS.values())})")
+
+# %% ../nbs/00_core.ipynb #9e97b4e7
 def check_methods(cfg: RunConfig) -> RunConfig:
     "Each section's `methods` must name known methods of that stage, without repeats."
-    for sec, known in METHOD_CHOICES.items():
+    for sec in METHOD_SECTIONS:
+        known = methods_for(sec)
         got = list(getattr(cfg, sec).methods)
         bad = [m for m in got if m not in known]
         if bad: raise ConfigError(f"unknown method '{bad[0]}' in {sec}.methods (known: {', '.join(known)})")
@@ -473,6 +542,13 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    "The process umask (read by setting it and putting it back: the only portable way)."
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success it replaces `path` in one rename, on error it is removed."
@@ -484,6 +560,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -508,6 +585,53 @@ def read_json(path: str | Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+# %% ../nbs/00_core.ipynb #5f9b8855
+def fmt_cell(v) -> str:
+    "A table cell as text: `–` for missing values, 4 significant digits for floats."
+    if v is None or (isinstance(v, float) and v != v): return "–"
+    if isinstance(v, float): return f"{v:.4g}"
+    return str(v)
+
+
+def md_escape(s) -> str:
+    "Escape Markdown inline syntax and table pipes; newlines become spaces."
+    return re.sub(r"([\\|*_`\[\]<>#])", r"\\\1", str(s)).replace("\r", " ").replace("\n", " ")
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}"}
+
+
+def tex_escape(s) -> str:
+    "Escape LaTeX special characters."
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def markdown_table(df) -> str:
+    "A GitHub Markdown table of a DataFrame; every cell is escaped with `md_escape`."
+    esc = lambda s: md_escape(fmt_cell(s))
+    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(df, caption: str = "") -> str:
+    "A booktabs tabular of a DataFrame (LaTeX special characters escaped)."
+    esc = lambda s: tex_escape(fmt_cell(s))
+    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(df.columns) + "}", r"\toprule",
+           " & ".join(esc(c) for c in df.columns) + r" \\", r"\midrule"]
+    out += [" & ".join(esc(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    out += [r"\bottomrule", r"\end{tabular}"] + ([rf"\caption{{{esc(caption)}}}"] if caption else []) + [r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def write_table(df, stem: str | Path, caption: str = "") -> list[Path]:
+    "Write `<stem>.csv`, `<stem>.md` and `<stem>.tex` atomically; returns the three paths."
+    stem = Path(stem)
+    with atomic_path(stem.with_suffix(".csv")) as tmp: df.to_csv(tmp, index=False, lineterminator="\n")
+    return [stem.with_suffix(".csv"), atomic_write_text(stem.with_suffix(".md"), markdown_table(df)),
+            atomic_write_text(stem.with_suffix(".tex"), latex_table(df, caption))]
 
 # %% ../nbs/00_core.ipynb #eaa0b17b
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
@@ -590,7 +714,7 @@ def seed_everything(seed: int, deterministic_torch: bool = True) -> int:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return seed
 
-# %% ../nbs/00_core.ipynb #aea1433e
+# %% ../nbs/00_core.ipynb #252ab8e5
 PACKAGES = ("polyalign", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
             "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "mauve-text", "pot", "jieba", "papermill")
 
@@ -608,7 +732,7 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 # Keys that choose *which* methods a stage runs, never *how*: left out of the hashes, so running one method alone
 # (`polyalign reproduce --only dpo`) leaves every other method's finished parts current.
-SELECTION_KEYS = {sec: ("methods",) for sec in METHOD_CHOICES}
+SELECTION_KEYS = {sec: ("methods",) for sec in METHOD_SECTIONS}
 
 
 def config_section_hash(cfg: RunConfig, sections: Iterable[str] = ()) -> str:
@@ -665,6 +789,7 @@ def stage_is_current(run_dir: str | Path, stage: str, config_hash: str, inputs: 
     return True
 
 
+# %% ../nbs/00_core.ipynb #1aadd203
 @dataclass
 class StageResult:
     "What a stage body reports: its output paths and row counts."
@@ -673,6 +798,16 @@ class StageResult:
     rows_out: int | None = None
     rows_rejected: int | None = None
     extra: dict = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)  # manifest records of the parts run, by part name
+
+    @classmethod
+    def from_records(cls, cfg: RunConfig, records: dict[str, dict], **extra) -> "StageResult":
+        "What a stage of several parts (each recorded by `run_stage`) reports: their outputs and summed row counts."
+        run_dir = Path(cfg.run_dir)
+        outputs = [Path(p) if Path(p).is_absolute() else run_dir / p for r in records.values() for p in r.get("outputs", {})]
+        rows = lambda k: sum((r.get("rows") or {}).get(k) or 0 for r in records.values())
+        return cls(outputs=outputs, rows_in=rows("in"), rows_out=rows("out"), rows_rejected=rows("rejected"),
+                   extra=extra, records=dict(records))
 
 
 def _update_manifest(run_dir: Path, cfg: RunConfig, stage: str, record: dict) -> None:
@@ -710,10 +845,42 @@ def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, se
     log.info("stage %s: done in %.1f s; wrote %d outputs", stage, record["wall_time_s"], len(record["outputs"]))
     return record
 
-# %% ../nbs/00_core.ipynb #e967ecf2
-def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict | None = None, profile: str = "tiny") -> RunConfig:
-    "The config a stage notebook runs with: the given YAML (written by `polyalign reproduce`) or a profile, plus overrides."
-    cfg = load_config(config_path or profile, overrides)
+# %% ../nbs/00_core.ipynb #46622688
+def parse_overrides(overrides: Iterable[str] | dict | str | None) -> list[str] | dict:
+    """Overrides as papermill users pass them: a list or dict, or one string holding `key=value` items separated by
+    whitespace (shell quoting applies) or a YAML list (`-p overrides "[seed=3, metrics.bootstrap_samples=50]"`)."""
+    if overrides is None: return []
+    if not isinstance(overrides, str): return overrides if isinstance(overrides, dict) else list(overrides)
+    text = overrides.strip()
+    if text.startswith("["):
+        try:
+            items = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"overrides {text!r} is not a YAML list: {str(e).splitlines()[0]}") from None
+        if not isinstance(items, list): raise ConfigError(f"overrides {text!r} is not a YAML list")
+        return [str(x) for x in items]
+    return shlex.split(text)
+
+
+def caller_path(path: str | Path) -> Path:
+    """A relative path as the user meant it: against the directory papermill (or jupyter) was started from.
+    Papermill starts the kernel in the notebook's folder; the shell's `$PWD` is still the caller's directory."""
+    path = Path(path)
+    if path.is_absolute(): return path
+    bases = [Path(b) for b in (os.environ.get("PWD"), os.getcwd()) if b]
+    return next((b / path for b in bases if (b / path).exists()), bases[0] / path)
+
+
+def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict | str | None = None,
+                 profile: str = "tiny") -> RunConfig:
+    """The config a stage notebook runs with: the given YAML (written by `polyalign reproduce`) or a profile, plus
+    overrides (see `parse_overrides`). Relative paths (the YAML, `run_dir`) resolve against the caller's directory."""
+    target = profile
+    if config_path:
+        looks_like_path = str(config_path).endswith((".yaml", ".yml")) or os.sep in str(config_path)
+        target = str(caller_path(config_path)) if looks_like_path else str(config_path)
+    cfg = load_config(target, parse_overrides(overrides))
+    if not Path(cfg.run_dir).is_absolute(): cfg = dataclasses.replace(cfg, run_dir=str(caller_path(cfg.run_dir)))
     if cfg.hf_offline:
         os.environ["HF_HUB_OFFLINE"] = "1"; os.environ["HF_DATASETS_OFFLINE"] = "1"; os.environ["TRANSFORMERS_OFFLINE"] = "1"
     return cfg
@@ -733,91 +900,16 @@ def base_model_path(cfg: RunConfig, name: str) -> str:
     "Where a policy's base checkpoint loads from: the run's tiny build for `tiny`, else the hub id (or local path) as given."
     return str(run_path(cfg, "models", "tiny")) if name == "tiny" else name
 
-# %% ../nbs/00_core.ipynb #ddda0c14
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# %% ../nbs/00_core.ipynb #add367ca
+def core_stage(cfg: RunConfig) -> StageResult:
+    "Save the resolved config and, when a policy is `tiny`, build the tiny checkpoint every later stage loads."
+    from polyalign.tiny import build_tiny
 
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+    def body() -> StageResult:
+        outputs = [save_config(cfg, run_path(cfg, "config.yaml"))]
+        if "tiny" in cfg.models.policies:
+            outputs.append(build_tiny(run_path(cfg, "models", "tiny"), cfg.models.tiny, seed=cfg.seed))
+        return StageResult(outputs=outputs, rows_in=0, rows_out=0, rows_rejected=0)
 
-
-def default_corpus(seed: int = 0, n_per_language: int = 400) -> list[str]:
-    "English and Chinese sentences from package-bundled text, sampled deterministically from `seed`."
-    import jieba
-    from pydoc_data.topics import topics
-    rng = random.Random(derive_seed(seed, "tiny-corpus"))
-    en = sorted({s.strip() for t in topics.values() for s in re.split(r"(?<=[.!?])\s+", t)
-                 if 20 <= len(s.strip()) <= 200 and s.isascii()})
-    en = rng.sample(en, min(n_per_language, len(en)))
-    dict_path = Path(jieba.__file__).parent / "dict.txt"
-    words = [l.split()[0] for l in dict_path.read_text(encoding="utf-8").splitlines()[:60000] if l.strip()]
-    punct = "，。！？；："
-    zh = ["".join(rng.choice(words) + (rng.choice(punct) if rng.random() < 0.2 else "") for _ in range(rng.randint(4, 14))) + "。"
-          for _ in range(n_per_language)]
-    return en + zh
-
-
-def build_tokenizer(texts: Sequence[str], vocab_size: int = 3072):
-    "Train a byte-level BPE tokenizer with Qwen2's normaliser and pre-tokeniser and wrap it for transformers."
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, chat_template=CHATML_TEMPLATE,
-                                   model_max_length=None, padding_side="right")
-
-
-def _qwen2_config(tokenizer, spec: TinyModelSpec, **extra):
-    from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                       num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                       num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
-                       tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=None, **extra)
-
-
-MODEL_KINDS = ("causal_lm", "encoder", "classifier")
-
-
-def build_model(tokenizer, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0, kind: str = "causal_lm", num_labels: int = 2):
-    """A randomly initialised Qwen2-architecture model for `tokenizer`, deterministic for `seed`.
-    `kind`: `causal_lm` (policies, judge, LM-scored features, detectors' scorers), `encoder` (featurisers, text critics),
-    `classifier` (sequence classifiers such as a supervised AI-text detector)."""
-    import torch
-    from transformers import Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2Model
-    if kind not in MODEL_KINDS: raise ValueError(f"unknown tiny model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
-    cls = {"causal_lm": Qwen2ForCausalLM, "encoder": Qwen2Model, "classifier": Qwen2ForSequenceClassification}[kind]
-    extra = {"num_labels": num_labels} if kind == "classifier" else {}
-    g = torch.random.fork_rng(devices=[])
-    with g:
-        torch.manual_seed(derive_seed(seed, "tiny-model", kind))
-        model = cls(_qwen2_config(tokenizer, spec, **extra))
-    return model.float().eval()
-
-
-def build_tiny(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0,
-               texts: Iterable[str] = (), kind: str = "causal_lm") -> Path:
-    "Build tokenizer + model from the bundled corpus plus `texts`, and save both to `out_dir` (safetensors)."
-    corpus = default_corpus(seed, spec.corpus_sentences) + [t for t in texts if t]
-    tok = build_tokenizer(corpus, spec.vocab_size)
-    model = build_model(tok, spec, seed, kind)
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir
+    record = run_stage(cfg, "core", body, sections=["profile", "seed", "models", "hf_offline"])
+    return StageResult.from_records(cfg, {"core": record})

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -16,37 +18,51 @@ from pathlib import Path
 
 import yaml
 
-from .core import (METHOD_CHOICES, ConfigError, apply_overrides, config_dir, config_to_dict, load_config, log,
-                            package_versions, project_root, read_manifest)
+from .core import (METHOD_SECTIONS, METHODS, ConfigError, StageResult, RunConfig, apply_overrides, asset_path,
+                            config_dir, config_to_dict, load_config, log, methods_for, package_versions, read_manifest)
 
 # %% auto #0
-__all__ = ['STAGES', 'METHOD_STAGES', 'Stage', 'select_stages', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run',
-           'reproduce', 'stage_outcome', 'outputs_summary', 'device_info', 'info', 'main']
+__all__ = ['STAGES', 'METHOD_STAGES', 'ENGINE_NAME', 'KEEP_TAGS', 'Stage', 'select_stages', 'is_stage_cell', 'stage_cells',
+           'StageEngine', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce', 'stage_outcome',
+           'outputs_summary', 'device_info', 'info', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #9808d80e
 @dataclass(frozen=True)
 class Stage:
+    "A stage of the pipeline: its notebook (what papermill runs) and the library function its stage cell calls."
     name: str
     notebook: str
+    function: str  # `module:function` in `polyalign`, callable as `function(cfg) -> StageResult`
     what: str
+
+    def run(self, cfg: RunConfig) -> StageResult:
+        "Run the stage from plain Python (no papermill, no notebook): the same artifacts and manifest records."
+        module, fn = self.function.split(":")
+        return getattr(importlib.import_module(f"polyalign.{module}"), fn)(cfg)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("core", "00_core.ipynb", "resolve the config, build the tiny checkpoint"),
-    Stage("data", "01_data.ipynb", "the bilingual corpus: 14 sources adapted, split, deduplicated; Table 1"),
-    Stage("features", "02_features.ipynb", "linguistic features of every split's human answers, bucket references fit on train"),
-    Stage("sft", "03_bucket_sft.ipynb", "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
-    Stage("generate", "06_generate.ipynb", "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
-    Stage("critic", "04_critic.ipynb", "Bucket-SFT answers to train/val prompts, D_b targets, the critic trained with early stopping; Spearman and ranking accuracy"),
-    Stage("preference", "05_hdpo.ipynb", "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
-    Stage("metrics", "07_metrics.ipynb", "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
+    Stage("core", "00_core.ipynb", "core:core_stage", "resolve the config, build the tiny checkpoint"),
+    Stage("data", "01a_sources.ipynb", "sources:data_stage",
+          "the bilingual corpus: every registered source adapted, split, deduplicated; Table 1"),
+    Stage("features", "02_features.ipynb", "features:features_stage",
+          "linguistic features of every split's human answers, bucket references fit on train"),
+    Stage("sft", "03_bucket_sft.ipynb", "bucket_sft:sft_stage",
+          "Full-SFT and Bucket-SFT per policy model and language; loss curves"),
+    Stage("generate", "06_generate.ipynb", "generate:generate_stage",
+          "BaseLM, CoT, Full-SFT and Bucket-SFT predictions on the test split"),
+    Stage("critic", "04_critic.ipynb", "critic:critic_stage",
+          "Bucket-SFT answers to train/val prompts, D_b targets, the critic trained with early stopping"),
+    Stage("preference", "05_hdpo.ipynb", "hdpo:preference_stage",
+          "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
+    Stage("metrics", "07_metrics.ipynb", "metrics:metrics_stage",
+          "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
 )
 
 
-# method -> the stages that make it, in pipeline order: each stage named like a config section with a `methods` list
-# (`polyalign.core.METHOD_CHOICES`) makes the methods that list may hold
+# method -> the stages that make it, in pipeline order: the stages with a `methods` list that may hold it
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    m: tuple(s.name for s in STAGES if m in METHOD_CHOICES.get(s.name, ())) for ms in METHOD_CHOICES.values() for m in ms}
+    m: tuple(s.name for s in STAGES if s.name in METHOD_SECTIONS and m in methods_for(s.name)) for m in METHODS}
 
 
 def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]]:
@@ -65,6 +81,49 @@ def select_stages(only: list[str] | None = None) -> tuple[list[Stage], list[str]
     overrides = [f"{sec}.methods=[{', '.join(dict.fromkeys(ms))}]" for sec, ms in narrowed.items()]
     return [s for s in STAGES if s.name in names], overrides
 
+# %% ../nbs/11_reproduce.ipynb #e3237743
+ENGINE_NAME = "polyalign"
+KEEP_TAGS = {"parameters", "injected-parameters"}
+
+
+def is_stage_cell(cell) -> bool:
+    "A code cell flagged `#| stage` (in its leading directive lines), or a papermill parameters cell."
+    if KEEP_TAGS & set(cell.get("metadata", {}).get("tags", [])): return True
+    if cell.get("cell_type") != "code": return False
+    src = cell.get("source", "")
+    lines = (src if isinstance(src, str) else "".join(src)).splitlines()
+    directives = [l for l in lines if l.strip()][:3]
+    return any(re.match(r"#\|\s*stage\b", l.strip()) for l in directives)
+
+
+def stage_cells(nb):
+    "The notebook with only its prose and stage cells (see above); the input is not changed."
+    import copy
+    out = copy.deepcopy(nb)
+    out.cells = [c for c in nb.cells if c.get("cell_type") == "markdown" or is_stage_cell(c)]
+    return out
+
+
+class StageEngine:
+    """The papermill engine `polyalign`: papermill's own nbclient engine over the stage cells (and the prose) only.
+    It delegates instead of subclassing so that papermill can load it as an entry point while papermill itself is
+    still being imported."""
+
+    @classmethod
+    def execute_notebook(cls, nb, kernel_name, **kwargs):
+        from papermill.engines import NBClientEngine
+        return NBClientEngine.execute_notebook(stage_cells(nb), kernel_name, **kwargs)
+
+    @classmethod
+    def nb_kernel_name(cls, nb, name=None):
+        from papermill.engines import NBClientEngine
+        return NBClientEngine.nb_kernel_name(nb, name)
+
+    @classmethod
+    def nb_language(cls, nb, language=None):
+        from papermill.engines import NBClientEngine
+        return NBClientEngine.nb_language(nb, language)
+
 # %% ../nbs/11_reproduce.ipynb #0bd27596
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the stage, the cell and the executed notebook."
@@ -77,6 +136,7 @@ def kernel_name() -> str:
 
 
 def _failed_cell(nb_path: Path) -> str:
+    "The first cell of an executed notebook that holds an error output, with its first line and the error."
     import nbformat
     nb = nbformat.read(nb_path, as_version=4)
     for i, c in enumerate(nb.cells):
@@ -91,15 +151,18 @@ def _failed_cell(nb_path: Path) -> str:
 def run_notebook(stage: Stage, config_path: Path, overrides: list[str], out_dir: Path, nbs_dir: Path) -> Path:
     "Execute one stage notebook with papermill; raise `StageFailed` naming the failing cell."
     import papermill as pm
+    from papermill.engines import papermill_engines
+    papermill_engines.register(ENGINE_NAME, StageEngine)  # also registered as an entry point where installed
     src = nbs_dir / stage.notebook
     if not src.is_file(): raise ConfigError(f"stage '{stage.name}' notebook not found: {src}")
     dst = out_dir / "notebooks" / stage.notebook
     dst.parent.mkdir(parents=True, exist_ok=True)
-    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
-    os.environ.update(env)
+    # hub access is the config's business (`stage_config` switches the hub clients offline when `hf_offline` says so)
+    os.environ.setdefault("PYTHONHASHSEED", "0")
     try:
         pm.execute_notebook(str(src), str(dst), parameters={"config_path": str(config_path), "overrides": list(overrides)},
-                            kernel_name=kernel_name(), cwd=str(nbs_dir), progress_bar=False, log_output=False)
+                            engine_name=ENGINE_NAME, kernel_name=kernel_name(), cwd=str(nbs_dir), progress_bar=False,
+                            log_output=False)
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage '{stage.name}' failed in {_failed_cell(dst)}; executed notebook: {dst}") from e
     return dst
@@ -121,7 +184,7 @@ def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[s
     "Run the selected stage notebooks in order; returns the run manifest."
     stages, narrow = select_stages(only)
     config_path, overrides, cfg = resolve_run(profile, out, [*(sets or []), *narrow])
-    nbs = Path(nbs_dir) if nbs_dir else project_root() / "nbs"
+    nbs = Path(nbs_dir) if nbs_dir else asset_path("nbs")
     run_dir = Path(cfg.run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     log.info("reproduce: profile %s -> %s (%d stages)", cfg.profile, run_dir, len(stages))
     for st in stages:

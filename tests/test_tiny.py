@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from polyalign.core import TinyModelSpec, build_model, build_tiny, file_hash
+from polyalign.core import TinyModelSpec, file_hash
+from polyalign.tiny import build_model, build_tiny
 
 SPEC = TinyModelSpec(corpus_sentences=200)
 MIXED = ["Who wrote 'Dream of the Red Chamber'? 曹雪芹写了《红楼梦》。", "第3章 costs $4.50, i.e. ¥32.",
@@ -20,7 +21,7 @@ def built(tmp_path_factory):
 
 
 def test_offline_round_trip_ids_and_logits(built):
-    from polyalign.core import build_tokenizer, default_corpus
+    from polyalign.tiny import build_tokenizer, default_corpus
     fresh = build_tokenizer(default_corpus(3, SPEC.corpus_sentences), SPEC.vocab_size)
     tok = AutoTokenizer.from_pretrained(built)
     for s in MIXED:

@@ -23,7 +23,8 @@ def main() -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from polyalign.core import TinyModelSpec, append_jsonl, build_tiny, file_hash, read_jsonl, write_jsonl, write_parquet
+    from polyalign.tiny import build_tiny
+    from polyalign.core import TinyModelSpec, append_jsonl, file_hash, read_jsonl, write_jsonl, write_parquet
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
