@@ -74,13 +74,16 @@ class ModelsConfig:
     trust_remote_code: bool = False
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
 
-# %% ../nbs/00_core.ipynb #e5735e13
+# %% ../nbs/00_core.ipynb #1a15970b
 @dataclass
 class MetricsConfig:
-    "Evaluation settings read by the `metrics` stage (07_metrics); defaults follow the paper / the authors' CLI unless noted."
-    languages: list[str] = field(default_factory=lambda: ["en", "zh"])  # Table 2 column groups, each evaluated on its own test rows
+    """Evaluation settings read by the `metrics` stage (07_metrics); defaults follow the paper / the authors' CLI unless
+    noted."""
+    # Table 2 column groups, each evaluated on its own test rows
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     min_bucket_size: int = 20  # rows a bucket needs (generated and human) for BNG, C-MAUVE and TDM
-    qa_families: list[str] = field(default_factory=lambda: ["qa"])  # bucket families counted as QA for the QA-only macro F1
+    # bucket families counted as QA for the QA-only macro F1
+    qa_families: list[str] = field(default_factory=lambda: ["qa"])
     bng_eps: float = 1e-3  # epsilon in max(sigma_human, epsilon) of BNG and the TDM gaps
     bng_scale: str = "human_std"  # human_std (paper) or robust: max(IQR/1.349, sigma, epsilon)
     mauve_featurizer: str = "tiny"  # tiny = an encoder built locally; otherwise a hub id or a local path
@@ -100,6 +103,7 @@ class MetricsConfig:
     paper_compat_truncate: bool = False  # print Table 2 truncated to 3 decimals as the paper did (default: rounded)
 
 
+# %% ../nbs/00_core.ipynb #36a12b93
 @dataclass
 class FeaturesConfig:
     "Linguistic features and bucket references Λ_b read by the `features` stage (02_features)."
@@ -121,22 +125,31 @@ class FeaturesConfig:
 
 @dataclass
 class DataConfig:
-    "The bilingual corpus built by the `data` stage (01_data): sources, tokenizers, length bins, splits, dedup, renderer, tiny fixtures."
+    """The bilingual corpus built by the `data` stage (01_data): sources, tokenizers, length bins, splits, dedup,
+    renderer, tiny fixtures."""
     sources: list[str] = field(default_factory=lambda: [
         "dolly", "eli5_category", "dailydialog", "ms_marco", "coqa", "squad_v2", "natural_questions", "multiwoz",
         "coig_cqia", "hc3_chinese", "oasst2_zh", "cmrc2018", "drcd", "dureader"])
-    source_mode: str = "tiny"  # tiny = generate raw fixtures into raw_dir then read them; local = read raw_dir; hub = download
+    # tiny = generate raw fixtures into raw_dir then read them; local = read raw_dir; hub = download
+    source_mode: str = "tiny"
     raw_dir: str = ""  # raw files in each source's own layout ("" = <run_dir>/raw)
-    hub_ids: dict[str, str] = field(default_factory=dict)  # dataset -> hub id or base URL (hub mode; empty = built-in ids)
+    # dataset -> hub id or base URL (hub mode; empty = built-in ids)
+    hub_ids: dict[str, str] = field(default_factory=dict)
     revisions: dict[str, str] = field(default_factory=dict)  # dataset -> pinned hub revision / git commit (hub mode)
-    tokenizers: dict[str, str] = field(default_factory=lambda: {"en": "pa-mixed-v1", "zh": "pa-mixed-v1"})  # language -> length tokenizer
-    length_bins: dict[str, list[int]] = field(default_factory=lambda: {"en": [40, 120, 240], "zh": [40, 120, 240]})  # short/medium/long upper bounds
-    bucket_fields: list[str] = field(default_factory=lambda: ["language", "track", "family", "length_bin"])  # add style_bucket for 5-part keys
+    # language -> length tokenizer
+    tokenizers: dict[str, str] = field(default_factory=lambda: {"en": "pa-mixed-v1", "zh": "pa-mixed-v1"})
+    # short/medium/long upper bounds
+    length_bins: dict[str, list[int]] = field(default_factory=lambda: {"en": [40, 120, 240], "zh": [40, 120, 240]})
+    # add style_bucket for 5-part keys
+    bucket_fields: list[str] = field(default_factory=lambda: ["language", "track", "family", "length_bin"])
     split_seed: int = 42  # seed of the md5 hash split (the authors' 42), separate from the training seed
-    split_ratios_3way: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train/val/test of train-only releases
-    split_ratios_2way: list[float] = field(default_factory=lambda: [0.9, 0.1])  # train/val carved from an official train split
+    # train/val/test of train-only releases
+    split_ratios_3way: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
+    # train/val carved from an official train split
+    split_ratios_2way: list[float] = field(default_factory=lambda: [0.9, 0.1])
     eli5_validation2: str = "test"  # test (matches Table 1), val, or drop
-    paper_compat_keep_unanswerable: bool = False  # keep SQuAD v2 unanswerables ("" targets) and CoQA "unknown" as the authors did
+    # keep SQuAD v2 unanswerables ("" targets) and CoQA "unknown" as the authors did
+    paper_compat_keep_unanswerable: bool = False
     near_dup: bool = True  # MinHash near-duplicate detection across splits (counts reported)
     near_dup_drop: bool = False  # also drop the lower-precedence member of each cross-split near-duplicate pair
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of token 3-gram shingles
@@ -144,8 +157,10 @@ class DataConfig:
     min_test_bucket: int = 20  # test rows a bucket needs to count as evaluated (Table 1 flag)
     render_system_prompt: str = "You are a helpful assistant. Answer the way a person would in this setting."
     render_system_fields: list[str] = field(default_factory=lambda: ["language", "track", "family", "style_bucket"])
-    render_context_layout: str = "Context:\n{context}\n\nQuestion:\n{question}"  # final user turn when a record has context
-    paper_compat_gold_length_bin: bool = False  # put the human answer's length_bin in the system profile (oracle at test time)
+    # final user turn when a record has context
+    render_context_layout: str = "Context:\n{context}\n\nQuestion:\n{question}"
+    # put the human answer's length_bin in the system profile (oracle at test time)
+    paper_compat_gold_length_bin: bool = False
     tiny_scale: float = 1.0  # multiplies the tiny fixture row counts
 
 # %% ../nbs/00_core.ipynb #5cb6bad2
@@ -307,7 +322,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (dict, list)): raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
         return str(value)
     if origin in (list, tuple):
-        if isinstance(value, str): value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)): raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         (item,) = typing.get_args(tp)[:1] or (Any,)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -323,7 +339,8 @@ def _from_dict(cls, d: dict, prefix: str = ""):
     hints, names = _hints(cls), [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in d if k not in names]
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)})")
+        where = f" in {prefix[:-1]}" if prefix else ""
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys{where}: {', '.join(names)})")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in d.items()})
 
 
@@ -334,7 +351,8 @@ def config_to_dict(cfg) -> dict:
 
 def config_from_dict(d: dict) -> RunConfig:
     "Validate and build a `RunConfig` from a nested dict; unknown keys raise `ConfigError`."
-    if not isinstance(d, dict): raise ConfigError(f"a run config must be a mapping at the top level, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"a run config must be a mapping at the top level, got {type(d).__name__}")
     return _from_dict(RunConfig, d)
 
 # %% ../nbs/00_core.ipynb #e0ce8865
@@ -357,7 +375,8 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | dict | None) -> R
             names = [f.name for f in dataclasses.fields(cls)]
             if p not in names:
                 sect = ".".join(parts[:i])
-                raise ConfigError(f"unknown config key '{'.'.join(parts[:i + 1])}' (known keys{' in ' + sect if sect else ''}: {', '.join(names)})")
+                where, bad = (f" in {sect}" if sect else ""), ".".join(parts[:i + 1])
+                raise ConfigError(f"unknown config key '{bad}' (known keys{where}: {', '.join(names)})")
             tp = _hints(cls)[p]
             if i == len(parts) - 1:
                 node[p] = value
@@ -365,9 +384,11 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | dict | None) -> R
                 node, cls = node[p], tp
                 continue
             elif typing.get_origin(tp) is dict:
-                node[p] = {**(node[p] or {}), ".".join(parts[i + 1:]): value}  # the rest of the key is data (may hold dots)
+                # the rest of the key is data (may hold dots)
+                node[p] = {**(node[p] or {}), ".".join(parts[i + 1:]): value}
             else:
-                raise ConfigError(f"config key '{'.'.join(parts[:i + 1])}' is a value, not a section, in override '{key}'")
+                raise ConfigError(f"config key '{'.'.join(parts[:i + 1])}' is a value, not a section, "
+                                  f"in override '{key}'")
             break
     return config_from_dict(d)
 
@@ -392,9 +413,11 @@ _CHECKOUT_ASSETS = {"configs": ("papers", "polyalign", "configs"), "reported": (
 
 
 def asset_path(kind: str, *parts: str) -> Path:
-    """A shipped asset (`configs`, `reported` or `nbs`): the source checkout's when there is one, else the copy that
-    the wheel carries under `polyalign/assets/`, so `pip install polyalign` users get the same profiles and notebooks."""
-    if kind not in _CHECKOUT_ASSETS: raise ValueError(f"unknown asset kind {kind!r} (known: {', '.join(_CHECKOUT_ASSETS)})")
+    """A shipped asset (`configs`, `reported` or `nbs`): the source checkout's when there is one, else the copy
+    that the wheel carries under `polyalign/assets/`, so `pip install polyalign` users get the same profiles and
+    notebooks."""
+    if kind not in _CHECKOUT_ASSETS:
+        raise ValueError(f"unknown asset kind {kind!r} (known: {', '.join(_CHECKOUT_ASSETS)})")
     checkout = project_root().joinpath(*_CHECKOUT_ASSETS[kind])
     return (checkout if checkout.is_dir() else package_data_dir() / kind).joinpath(*parts)
 
@@ -465,7 +488,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("bucket_sft", "Bucket-SFT", "sft", None, "chat", "generate"),
     Method("hdpo", "HDPO", "preference", "bucket_sft", "chat", "preference"),
 )}
-SANITY_ROWS = ("Human", "Empty")  # rows of every table that no method produces: the held-out human answers, empty answers
+# rows of every table that no method produces: the held-out human answers, empty answers
+SANITY_ROWS = ("Human", "Empty")
 TABLE_ORDER = (*SANITY_ROWS, *(m.label for m in METHODS.values()))
 METHOD_SECTIONS = ("generate", "sft", "preference")  # config sections with a `methods` list
 
@@ -507,7 +531,8 @@ def load_config(profile_or_path: str | Path = "tiny", overrides: Iterable[str] |
         path = config_dir() / f"{s}.yaml"
         if not path.is_file():
             known = profiles()
-            raise ConfigError(f"unknown profile '{s}' (known: {', '.join(known) or 'none found in ' + str(config_dir())})")
+            known = ', '.join(known) or 'none found in ' + str(config_dir())
+            raise ConfigError(f"unknown profile '{s}' (known: {known})")
     data = read_yaml(path)
     if data is None: data = {}
     try:
@@ -642,7 +667,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    "Read JSONL; a malformed line raises an error naming the file and line. A torn last line (an interrupted append) is reported too."
+    """Read JSONL; a malformed line raises an error naming the file and line. A torn last line (an interrupted append)
+    is reported too."""
     out, path = [], Path(path)
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -657,7 +683,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    "Append rows, flushing and fsyncing after each, so an interrupted loop loses at most the row in flight. Returns the count."
+    """Append rows, flushing and fsyncing after each, so an interrupted loop loses at most the row in flight. Returns
+    the count."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(path, "a", encoding="utf-8") as f:
@@ -774,8 +801,12 @@ def _rel(p: Path, base: Path) -> str:
         return str(p.resolve())
 
 
-def stage_is_current(run_dir: str | Path, stage: str, config_hash: str, inputs: Iterable[str | Path] = ()) -> bool:
-    "True when `stage` finished with this config hash and these inputs, and its outputs are intact. Recorded paths are relative to `run_dir` when inside it."
+def stage_is_current(run_dir: str | Path,  # the run directory holding manifest.json
+                     stage: str,  # the part name, e.g. `sft/tiny/full_sft/en`
+                     config_hash: str,  # `config_section_hash` of the sections the stage reads
+                     inputs: Iterable[str | Path] = ()) -> bool:  # files the stage reads (hashed)
+    """True when `stage` finished with this config hash and these inputs, and its outputs are intact. Recorded paths are
+    relative to `run_dir` when inside it."""
     run_dir = Path(run_dir)
     rec = read_manifest(run_dir)["stages"].get(stage)
     if not rec or rec.get("status") != "done" or rec.get("config_hash") != config_hash: return False
@@ -804,7 +835,8 @@ class StageResult:
     def from_records(cls, cfg: RunConfig, records: dict[str, dict], **extra) -> "StageResult":
         "What a stage of several parts (each recorded by `run_stage`) reports: their outputs and summed row counts."
         run_dir = Path(cfg.run_dir)
-        outputs = [Path(p) if Path(p).is_absolute() else run_dir / p for r in records.values() for p in r.get("outputs", {})]
+        outputs = [Path(p) if Path(p).is_absolute() else run_dir / p
+                   for r in records.values() for p in r.get("outputs", {})]
         rows = lambda k: sum((r.get("rows") or {}).get(k) or 0 for r in records.values())
         return cls(outputs=outputs, rows_in=rows("in"), rows_out=rows("out"), rows_rejected=rows("rejected"),
                    extra=extra, records=dict(records))
@@ -812,13 +844,19 @@ class StageResult:
 
 def _update_manifest(run_dir: Path, cfg: RunConfig, stage: str, record: dict) -> None:
     m = read_manifest(run_dir)
-    m.update(profile=cfg.profile, seed=cfg.seed, config_hash=config_section_hash(cfg), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    m.update(profile=cfg.profile, seed=cfg.seed, config_hash=config_section_hash(cfg),
+             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     m.setdefault("stages", {})[stage] = record
     write_json(manifest_path(run_dir), m)
 
 
-def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, sections: Iterable[str] = (),
-              inputs: Iterable[str | Path] = (), force: bool = False) -> dict:
+def run_stage(cfg: RunConfig,  # the run's config (its `run_dir` holds the manifest)
+              stage: str,  # the part name recorded in the manifest
+              body: Callable[[], StageResult],  # does the work; called only when the part is not current
+              *,
+              sections: Iterable[str] = (),  # config sections the part reads (its config hash)
+              inputs: Iterable[str | Path] = (),  # files the part reads (their hashes)
+              force: bool = False) -> dict:  # run even when current
     "Run `body` unless the stage is current; record the result in the run manifest. Returns the stage record."
     run_dir = Path(cfg.run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     inputs = list(inputs)
@@ -835,12 +873,14 @@ def run_stage(cfg: RunConfig, stage: str, body: Callable[[], StageResult], *, se
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     res = body()
-    if not isinstance(res, StageResult): raise TypeError(f"stage {stage} must return a StageResult, got {type(res).__name__}")
+    if not isinstance(res, StageResult):
+        raise TypeError(f"stage {stage} must return a StageResult, got {type(res).__name__}")
     record = {"status": "done", "config_hash": chash, "sections": list(sections), "seed": cfg.seed,
               "inputs": in_hashes, "outputs": _hash_files(res.outputs, run_dir),
               "rows": {"in": res.rows_in, "out": res.rows_out, "rejected": res.rows_rejected},
               "wall_time_s": round(time.perf_counter() - t0, 3), "versions": package_versions(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_action": "ran", "touched": time.time(), **res.extra}
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_action": "ran", "touched": time.time(),
+              **res.extra}
     _update_manifest(run_dir, cfg, stage, record)
     log.info("stage %s: done in %.1f s; wrote %d outputs", stage, record["wall_time_s"], len(record["outputs"]))
     return record
@@ -882,7 +922,7 @@ def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict
     cfg = load_config(target, parse_overrides(overrides))
     if not Path(cfg.run_dir).is_absolute(): cfg = dataclasses.replace(cfg, run_dir=str(caller_path(cfg.run_dir)))
     if cfg.hf_offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"; os.environ["HF_DATASETS_OFFLINE"] = "1"; os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return cfg
 
 
@@ -897,7 +937,8 @@ def model_slug(name: str) -> str:
 
 
 def base_model_path(cfg: RunConfig, name: str) -> str:
-    "Where a policy's base checkpoint loads from: the run's tiny build for `tiny`, else the hub id (or local path) as given."
+    """Where a policy's base checkpoint loads from: the run's tiny build for `tiny`, else the hub id (or local path) as
+    given."""
     return str(run_path(cfg, "models", "tiny")) if name == "tiny" else name
 
 # %% ../nbs/00_core.ipynb #add367ca

@@ -144,11 +144,16 @@ def _failed_cell(nb_path: Path) -> str:
             if o.get("output_type") == "error":
                 src = c.source.strip().splitlines()
                 head = next((l for l in src if l.strip() and not l.startswith("#|")), "")
-                return f"cell {i} ({head[:70]!r}): {o.get('ename')}: {str(o.get('evalue')).splitlines()[0] if o.get('evalue') else ''}"
+                first = str(o.get("evalue")).splitlines()[0] if o.get("evalue") else ""
+                return f"cell {i} ({head[:70]!r}): {o.get('ename')}: {first}"
     return "unknown cell"
 
 
-def run_notebook(stage: Stage, config_path: Path, overrides: list[str], out_dir: Path, nbs_dir: Path) -> Path:
+def run_notebook(stage: Stage,  # the stage whose notebook runs
+                 config_path: Path,  # the profile YAML (papermill parameter `config_path`)
+                 overrides: list[str],  # dotted overrides (papermill parameter `overrides`)
+                 out_dir: Path,  # the run directory; the executed notebook goes to `<out_dir>/notebooks/`
+                 nbs_dir: Path) -> Path:  # the folder holding the stage notebooks
     "Execute one stage notebook with papermill; raise `StageFailed` naming the failing cell."
     import papermill as pm
     from papermill.engines import papermill_engines
@@ -160,7 +165,8 @@ def run_notebook(stage: Stage, config_path: Path, overrides: list[str], out_dir:
     # hub access is the config's business (`stage_config` switches the hub clients offline when `hf_offline` says so)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     try:
-        pm.execute_notebook(str(src), str(dst), parameters={"config_path": str(config_path), "overrides": list(overrides)},
+        pm.execute_notebook(str(src), str(dst),
+                            parameters={"config_path": str(config_path), "overrides": list(overrides)},
                             engine_name=ENGINE_NAME, kernel_name=kernel_name(), cwd=str(nbs_dir), progress_bar=False,
                             log_output=False)
     except pm.PapermillExecutionError as e:
@@ -179,8 +185,11 @@ def resolve_run(profile: str, out: str | Path | None = None, sets: list[str] | N
     return path.resolve(), overrides, apply_overrides(cfg, [f"run_dir={run_dir}"])
 
 
-def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[str] | None = None,
-              sets: list[str] | None = None, nbs_dir: str | Path | None = None) -> dict:
+def reproduce(profile: str = "tiny",  # a profile name or a YAML path
+              out: str | Path | None = None,  # the run directory (default: the config's run_dir)
+              only: list[str] | None = None,  # stage or method names (`select_stages`)
+              sets: list[str] | None = None,  # dotted overrides
+              nbs_dir: str | Path | None = None) -> dict:  # stage notebooks (default: `asset_path("nbs")`)
     "Run the selected stage notebooks in order; returns the run manifest."
     stages, narrow = select_stages(only)
     config_path, overrides, cfg = resolve_run(profile, out, [*(sets or []), *narrow])
@@ -192,13 +201,15 @@ def reproduce(profile: str = "tiny", out: str | Path | None = None, only: list[s
         log.info("stage %s: %s (%s)", st.name, st.what, st.notebook)
         started = time.time()
         dst = run_notebook(st, config_path, overrides, run_dir, nbs)
-        log.info("stage %s: %s in %.1f s; notebook %s", st.name, stage_outcome(read_manifest(run_dir), st.name, started),
+        log.info("stage %s: %s in %.1f s; notebook %s", st.name,
+                 stage_outcome(read_manifest(run_dir), st.name, started),
                  time.perf_counter() - t0, dst)
     return read_manifest(run_dir)
 
 
 def stage_outcome(manifest: dict, stage: str, since: float = 0.0) -> str:
-    "What a stage did since `since` (epoch seconds), from its manifest records (a stage may record parts, e.g. `sft/<model>/<method>/<lang>`)."
+    """What a stage did since `since` (epoch seconds), from its manifest records (a stage may record parts, e.g.
+    `sft/<model>/<method>/<lang>`)."""
     recs = {k: v for k, v in manifest.get("stages", {}).items()
             if (k == stage or k.startswith(stage + "/")) and v.get("touched", 0.0) >= since}
     if not recs: return "no manifest record"
@@ -233,7 +244,8 @@ def info(profile: str = "tiny", sets: list[str] | None = None) -> str:
     cfg = load_config(profile, sets)
     return "\n".join(["# versions", yaml.safe_dump(package_versions(), sort_keys=False),
                       "# devices", yaml.safe_dump(device_info(), sort_keys=False),
-                      f"# config ({profile})", yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)])
+                      f"# config ({profile})",
+                      yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)])
 
 # %% ../nbs/11_reproduce.ipynb #48ba130b
 def _parser() -> argparse.ArgumentParser:
@@ -244,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run directory (default: the config's run_dir, runs/<profile>)")
     r.add_argument("--only", nargs="+", default=None, metavar="STAGE|METHOD",
                    help=f"stages to run ({', '.join(s.name for s in STAGES)}) or methods ({', '.join(METHOD_STAGES)})")
-    r.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE", help="dotted config overrides")
+    r.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="dotted config overrides")
     i = sub.add_parser("info", help="print versions, devices and the resolved config")
     i.add_argument("--profile", default="tiny")
     i.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE")

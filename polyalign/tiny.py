@@ -21,7 +21,8 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    """{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}{{
+    '\\n' }}"""
     "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif -%}"
@@ -41,7 +42,8 @@ def default_corpus(seed: int = 0, n_per_language: int = 400) -> list[str]:
     dict_path = Path(jieba.__file__).parent / "dict.txt"
     words = [l.split()[0] for l in dict_path.read_text(encoding="utf-8").splitlines()[:60000] if l.strip()]
     punct = "，。！？；："
-    zh = ["".join(rng.choice(words) + (rng.choice(punct) if rng.random() < 0.2 else "") for _ in range(rng.randint(4, 14))) + "。"
+    zh = ["".join(rng.choice(words) + (rng.choice(punct) if rng.random() < 0.2 else "")
+                  for _ in range(rng.randint(4, 14))) + "。"
           for _ in range(n_per_language)]
     return en + zh
 
@@ -68,19 +70,27 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 3072):
 # %% ../nbs/00a_tiny.ipynb #0f24581d
 def _qwen2_config(tokenizer, spec: TinyModelSpec, **extra):
     from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                       intermediate_size=spec.intermediate_size,
                        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                       num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
-                       tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       num_key_value_heads=spec.num_key_value_heads,
+                       max_position_embeddings=spec.max_position_embeddings,
+                       tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=None, **extra)
 
 
 MODEL_KINDS = ("causal_lm", "encoder", "classifier")
 
 
-def build_model(tokenizer, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0, kind: str = "causal_lm", num_labels: int = 2):
+def build_model(tokenizer,  # the tokenizer the model's vocabulary follows
+                spec: TinyModelSpec = TinyModelSpec(),  # architecture sizes
+                seed: int = 0,  # initialisation seed (derived per kind)
+                kind: str = "causal_lm",  # one of MODEL_KINDS
+                num_labels: int = 2):  # output classes of a `classifier`
     """A randomly initialised Qwen2-architecture model for `tokenizer`, deterministic for `seed`.
-    `kind`: `causal_lm` (policies, judge, LM-scored features, detectors' scorers), `encoder` (featurisers, text critics),
+    `kind`: `causal_lm` (policies, judge, LM-scored features, detectors' scorers), `encoder` (featurisers,
+    text critics),
     `classifier` (sequence classifiers such as a supervised AI-text detector)."""
     import torch
     from transformers import Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2Model
@@ -94,8 +104,11 @@ def build_model(tokenizer, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0,
     return model.float().eval()
 
 
-def build_tiny(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0,
-               texts: Iterable[str] = (), kind: str = "causal_lm") -> Path:
+def build_tiny(out_dir: str | Path,  # where the tokenizer and model are saved
+               spec: TinyModelSpec = TinyModelSpec(),  # architecture sizes and tokenizer corpus size
+               seed: int = 0,  # drives the corpus sample and the initialisation
+               texts: Iterable[str] = (),  # extra texts for the tokenizer's training corpus
+               kind: str = "causal_lm") -> Path:  # one of MODEL_KINDS
     "Build tokenizer + model from the bundled corpus plus `texts`, and save both to `out_dir` (safetensors)."
     corpus = default_corpus(seed, spec.corpus_sentences) + [t for t in texts if t]
     tok = build_tokenizer(corpus, spec.vocab_size)
