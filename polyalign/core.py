@@ -28,16 +28,16 @@ import yaml
 
 # %% auto #0
 __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS', 'PACKAGES',
-           'SELECTION_KEYS', 'ConfigError', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig',
-           'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'RunConfig',
-           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
-           'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'Method', 'methods_for',
-           'method_by_label', 'check_methods', 'load_config', 'save_config', 'stable_hash', 'file_hash',
-           'current_umask', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape',
-           'tex_escape', 'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
-           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions',
-           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
-           'parse_overrides', 'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
+           'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for', 'method_by_label', 'TinyModelSpec', 'ModelsConfig',
+           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
+           'CriticConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides',
+           'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods',
+           'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
+           'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
+           'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
+           'write_parquet', 'read_parquet', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
+           'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
+           'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -48,11 +48,64 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-# %% ../nbs/00_core.ipynb #0af44a57
+# %% ../nbs/00_core.ipynb #436fd9ab
 class ConfigError(ValueError):
     "A configuration problem a user must fix; its message is one line naming the problem."
 
 
+LANGUAGES = ("en", "zh")  # the paper's two languages
+SPLITS = ("train", "val", "test")
+# Han ideographs (URO, Ext. A, compatibility, Ext. B and later) as a regex character-class body: f"[{HAN}]"
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+
+
+@dataclass(frozen=True)
+class Method:
+    "One method of Table 2."
+    name: str  # the key used in configs, file names and manifests
+    label: str  # the paper's row label
+    trained_by: str | None  # the stage that trains it; None: the base model as it is
+    init: str | None  # the method whose checkpoint it starts from and whose answers it rejects; None: the base model
+    prompt: str  # plain (base LM continuation), cot (JSON reasoning prompt) or chat (the chat renderer)
+    predicted_by: str  # the stage that writes its test predictions
+
+    @property
+    def checkpoint(self) -> bool:
+        "True when the method has a checkpoint of its own per language (`checkpoints/<model>/<name>-<lang>/final`)."
+        return self.trained_by is not None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("base_lm", "BaseLM", None, None, "plain", "generate"),
+    Method("cot", "CoT", None, None, "cot", "generate"),
+    Method("full_sft", "Full-SFT", "sft", None, "chat", "generate"),
+    Method("dpo", "DPO", "preference", "full_sft", "chat", "preference"),
+    Method("bucket_sft", "Bucket-SFT", "sft", None, "chat", "generate"),
+    Method("hdpo", "HDPO", "preference", "bucket_sft", "chat", "preference"),
+)}
+# rows of every table that no method produces: the held-out human answers, empty answers
+SANITY_ROWS = ("Human", "Empty")
+TABLE_ORDER = (*SANITY_ROWS, *(m.label for m in METHODS.values()))
+METHOD_SECTIONS = ("generate", "sft", "preference")  # config sections with a `methods` list
+
+
+def methods_for(section: str) -> tuple[str, ...]:
+    "The methods a config section's `methods` list may hold: those the stage trains, or (generate) predicts."
+    if section not in METHOD_SECTIONS: raise ConfigError(f"section '{section}' selects no methods ({METHOD_SECTIONS})")
+    if section == "generate": return tuple(m.name for m in METHODS.values() if m.predicted_by == "generate")
+    return tuple(m.name for m in METHODS.values() if m.trained_by == section)
+
+
+def _label_key(s: str) -> str: return re.sub(r"[^a-z0-9]", "", str(s).lower())
+
+
+def method_by_label(label: str) -> Method:
+    "The method whose label or name matches `label`, ignoring case and punctuation (`full-sft`, `FullSFT`, `Full-SFT`)."
+    for m in METHODS.values():
+        if _label_key(label) in (_label_key(m.label), _label_key(m.name)): return m
+    raise KeyError(f"unknown method label {label!r} (known: {', '.join(m.label for m in METHODS.values())})")
+
+# %% ../nbs/00_core.ipynb #0af44a57
 @dataclass
 class TinyModelSpec:
     "Architecture of the locally built Qwen2-style models used by the `tiny` profile."
@@ -125,12 +178,11 @@ class FeaturesConfig:
 
 @dataclass
 class DataConfig:
-    """The bilingual corpus built by the `data` stage (01_data): sources, tokenizers, length bins, splits, dedup,
+    """The bilingual corpus built by the `data` stage (01a_sources): sources, tokenizers, length bins, splits, dedup,
     renderer, tiny fixtures."""
-    sources: list[str] = field(default_factory=lambda: [
-        "dolly", "eli5_category", "dailydialog", "ms_marco", "coqa", "squad_v2", "natural_questions", "multiwoz",
-        "coig_cqia", "hc3_chinese", "oasst2_zh", "cmrc2018", "drcd", "dureader"])
-    # tiny = generate raw fixtures into raw_dir then read them; local = read raw_dir; hub = download
+    # the sources read, in Table 1 order; empty = every source registered in `polyalign.sources`
+    sources: list[str] = field(default_factory=list)
+    # tiny = copy the bundled raw fixtures into raw_dir, then read them; local = read raw_dir; hub = download
     source_mode: str = "tiny"
     raw_dir: str = ""  # raw files in each source's own layout ("" = <run_dir>/raw)
     # dataset -> hub id or base URL (hub mode; empty = built-in ids)
@@ -161,7 +213,7 @@ class DataConfig:
     render_context_layout: str = "Context:\n{context}\n\nQuestion:\n{question}"
     # put the human answer's length_bin in the system profile (oracle at test time)
     paper_compat_gold_length_bin: bool = False
-    tiny_scale: float = 1.0  # multiplies the tiny fixture row counts
+    tiny_scale: float = 1.0  # share of each fixture split's raw rows read (0 < x <= 1)
 
 # %% ../nbs/00_core.ipynb #5cb6bad2
 @dataclass
@@ -173,7 +225,7 @@ class SFTStageConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     examples_per_step: int = 64  # per optimiser step, over devices and accumulation
-    methods: list[str] = field(default_factory=lambda: ["full_sft", "bucket_sft"])  # which to train (not hashed)
+    methods: list[str] = field(default_factory=lambda: list(methods_for("sft")))  # which to train (not hashed)
     per_device_batch_size: int = 4
     max_length: int = 2048  # prompt + answer tokens; longer prompts are cut from the left by the renderer
     weight_clip: list[float] = field(default_factory=list)  # [lo, hi] clips bucket weights (off: the paper's objective)
@@ -202,7 +254,7 @@ class GenerateConfig:
     max_new_tokens: int = 256  # one budget for every method (CoT included)
     max_prompt_tokens: int = 3840  # prompts are cut from the left of history/context to fit
     batch_size: int = 16
-    methods: list[str] = field(default_factory=lambda: ["base_lm", "cot", "full_sft", "bucket_sft"])  # not hashed
+    methods: list[str] = field(default_factory=lambda: list(methods_for("generate")))  # not hashed
     splits: list[str] = field(default_factory=lambda: ["test"])  # plus train prompts for the preference stages
     vllm_gpu_memory_utilization: float = 0.85
     vllm_data_parallel: int = 0  # 0 = one engine per visible GPU
@@ -211,7 +263,8 @@ class GenerateConfig:
 @dataclass
 class PreferenceConfig:
     "DPO and HDPO (05_hdpo). Defaults are the paper's (§3.4, §4.1); both methods share every training setting."
-    methods: list[str] = field(default_factory=lambda: ["dpo", "hdpo"])  # which to train and evaluate (not hashed)
+    # which to train and evaluate (not hashed)
+    methods: list[str] = field(default_factory=lambda: list(methods_for("preference")))
     beta: float = 0.1
     hdpo_lambda: float = 0.1
     p_mode: str = "margin"  # how Δπ enters p: summed (Eq. 9 as printed), length_normalized, margin
@@ -456,59 +509,6 @@ def read_yaml(path: str | Path) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
 
-
-# %% ../nbs/00_core.ipynb #436fd9ab
-LANGUAGES = ("en", "zh")  # the paper's two languages
-SPLITS = ("train", "val", "test")
-# Han ideographs (URO, Ext. A, compatibility, Ext. B and later) as a regex character-class body: f"[{HAN}]"
-HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-
-
-@dataclass(frozen=True)
-class Method:
-    "One method of Table 2."
-    name: str  # the key used in configs, file names and manifests
-    label: str  # the paper's row label
-    trained_by: str | None  # the stage that trains it; None: the base model as it is
-    init: str | None  # the method whose checkpoint it starts from and whose answers it rejects; None: the base model
-    prompt: str  # plain (base LM continuation), cot (JSON reasoning prompt) or chat (the chat renderer)
-    predicted_by: str  # the stage that writes its test predictions
-
-    @property
-    def checkpoint(self) -> bool:
-        "True when the method has a checkpoint of its own per language (`checkpoints/<model>/<name>-<lang>/final`)."
-        return self.trained_by is not None
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("base_lm", "BaseLM", None, None, "plain", "generate"),
-    Method("cot", "CoT", None, None, "cot", "generate"),
-    Method("full_sft", "Full-SFT", "sft", None, "chat", "generate"),
-    Method("dpo", "DPO", "preference", "full_sft", "chat", "preference"),
-    Method("bucket_sft", "Bucket-SFT", "sft", None, "chat", "generate"),
-    Method("hdpo", "HDPO", "preference", "bucket_sft", "chat", "preference"),
-)}
-# rows of every table that no method produces: the held-out human answers, empty answers
-SANITY_ROWS = ("Human", "Empty")
-TABLE_ORDER = (*SANITY_ROWS, *(m.label for m in METHODS.values()))
-METHOD_SECTIONS = ("generate", "sft", "preference")  # config sections with a `methods` list
-
-
-def methods_for(section: str) -> tuple[str, ...]:
-    "The methods a config section's `methods` list may hold: those the stage trains, or (generate) predicts."
-    if section not in METHOD_SECTIONS: raise ConfigError(f"section '{section}' selects no methods ({METHOD_SECTIONS})")
-    if section == "generate": return tuple(m.name for m in METHODS.values() if m.predicted_by == "generate")
-    return tuple(m.name for m in METHODS.values() if m.trained_by == section)
-
-
-def _label_key(s: str) -> str: return re.sub(r"[^a-z0-9]", "", str(s).lower())
-
-
-def method_by_label(label: str) -> Method:
-    "The method whose label or name matches `label`, ignoring case and punctuation (`full-sft`, `FullSFT`, `Full-SFT`)."
-    for m in METHODS.values():
-        if _label_key(label) in (_label_key(m.label), _label_key(m.name)): return m
-    raise KeyError(f"unknown method label {label!r} (known: {', '.join(m.label for m in METHODS.values())})")
 
 # %% ../nbs/00_core.ipynb #9e97b4e7
 def check_methods(cfg: RunConfig) -> RunConfig:

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from polyalign.core import apply_overrides, load_config, read_jsonl
-from polyalign.data import (SOURCES, SPLITS, DataSourceError, answer_length, bucket_key, build_corpus, canonical_key,
-                            hash_split, hash_unit, length_bin, length_tokens, read_split, render_messages, tiny_raw_files)
+from polyalign.core import SPLITS, load_config, read_jsonl
+from polyalign.data import (answer_length, bucket_key, canonical_key, hash_split, hash_unit, length_bin, length_tokens,
+                            read_split, render_messages)
+from polyalign.sources import SOURCES, DataSourceError, build_corpus, tiny_raw_files
 
 
 def _cfg(run_dir, *sets):
@@ -203,7 +204,7 @@ def test_unknown_dataset_id_names_it(tmp_path, monkeypatch):
 
 
 def test_table1_reported_side_by_side(tiny):
-    from polyalign.data import reported_table1, table1
+    from polyalign.sources import reported_table1, table1
     rep = reported_table1()
     if rep is None: pytest.skip("papers/polyalign/reported/table1_corpus.csv not present")
     d, _ = tiny

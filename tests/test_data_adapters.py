@@ -1,4 +1,4 @@
-"""The 14 source adapters on hand-written raw rows: field mapping, multi-turn expansion, filters, malformed rows."""
+"""The source adapters on hand-written raw rows: field mapping, multi-turn expansion, filters, malformed rows."""
 import gzip
 import json
 import zipfile
@@ -7,8 +7,9 @@ import io
 import pytest
 
 from polyalign.core import DataConfig
-from polyalign.data import (SOURCES, RawRow, adapt_rows, read_dailydialog_zip, read_dureader_zip, read_jsonl_rows,
-                            render_messages, split_eou)
+from polyalign.data import render_messages
+from polyalign.sources import (SOURCES, RawRow, RowError, adapt_rows, read_dailydialog_zip, read_dureader_zip,
+                               read_jsonl_rows, split_eou)
 
 
 def run(name, rows, split=None, policy=None, cfg=None, index=None):
@@ -65,7 +66,7 @@ def test_dailydialog_expansion_and_malformed():
     res = run("dailydialog", [{"dialogue": "oh hi __eou__ Hello! __eou__ How are you? __eou__ Fine. __eou__ ", "act": "1 2 3 4", "emotion": "0 0 0 1"},
                               {"dialogue": "a __eou__ b __eou__", "act": "1", "emotion": "0 0"},
                               {"dialogue": "a __eou__  __eou__ c __eou__", "act": "1 1 1", "emotion": "0 0 0"},
-                              RawRow("train", "dailydialog/train.zip", 3, error=__import__("polyalign.data", fromlist=["RowError"]).RowError("dialogue", "bad encoding: invalid UTF-8 at byte 3"))])
+                              RawRow("train", "dailydialog/train.zip", 3, error=RowError("dialogue", "bad encoding: invalid UTF-8 at byte 3"))])
     a, b = res.records
     assert (a["question"], a["human_answer"], a["dialogue_history"]) == ("oh hi", "Hello!", [])
     assert (b["question"], b["human_answer"]) == ("How are you?", "Fine.")

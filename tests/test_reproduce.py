@@ -50,3 +50,22 @@ def test_unknown_stage(polyalign_cli, tmp_path):
 def test_info(polyalign_cli):
     r = _run(polyalign_cli, "info", "--profile", "paper")
     assert r.returncode == 0 and "transformers:" in r.stdout and "Qwen/Qwen2.5-3B" in r.stdout and "cuda:" in r.stdout
+
+
+def test_each_stage_notebook_calls_its_library_function(root):
+    "The stage list, the notebooks and the library agree: the stage cells of each notebook call `Stage.function`."
+    import importlib
+    import re
+
+    import nbformat
+
+    from polyalign.reproduce import STAGES, is_stage_cell
+    for st in STAGES:
+        module, fn = st.function.split(":")
+        assert callable(getattr(importlib.import_module(f"polyalign.{module}"), fn)), st.function
+        cells = [c.source for c in nbformat.read(root / "nbs" / st.notebook, as_version=4).cells
+                 if c.cell_type == "code" and is_stage_cell(c)]
+        calls = [s for s in cells if re.search(rf"\b{fn}\(cfg\)", s)]
+        assert len(calls) == 1, f"{st.notebook}: expected one stage cell calling {fn}(cfg), found {len(calls)}"
+        # the stage cells hold no pipeline logic of their own: no function or class definitions
+        assert not any(re.search(r"^\s*(def|class) ", s, re.M) for s in cells), st.notebook
