@@ -21,8 +21,8 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    """{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}{{
-    '\\n' }}"""
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}"
+    "{% endgeneration %}{{ '\\n' }}"
     "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif -%}"
@@ -90,8 +90,7 @@ def build_model(tokenizer,  # the tokenizer the model's vocabulary follows
                 num_labels: int = 2):  # output classes of a `classifier`
     """A randomly initialised Qwen2-architecture model for `tokenizer`, deterministic for `seed`.
     `kind`: `causal_lm` (policies, judge, LM-scored features, detectors' scorers), `encoder` (featurisers,
-    text critics),
-    `classifier` (sequence classifiers such as a supervised AI-text detector)."""
+    text critics), `classifier` (sequence classifiers such as a supervised AI-text detector)."""
     import torch
     from transformers import Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2Model
     if kind not in MODEL_KINDS: raise ValueError(f"unknown tiny model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
