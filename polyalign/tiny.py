@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .core import TinyModelSpec, derive_seed
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'MODEL_KINDS', 'default_corpus', 'build_tokenizer', 'build_model', 'build_tiny']
+__all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'LLAMA3_TEMPLATE', 'GEMMA2_TEMPLATE', 'CHAT_FAMILIES', 'MODEL_KINDS',
+           'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model', 'build_tiny']
 
 # %% ../nbs/00a_tiny.ipynb #e3b892e3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -31,6 +33,60 @@ CHATML_TEMPLATE = (
 )
 
 
+# Llama-3's layout: BOS, header-delimited roles, <|eot_id|> ends a turn (the base model's eos is <|end_of_text|>)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages -%}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else -%}{{ message['content'] | trim + '<|eot_id|>' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"
+)
+
+# Gemma-2's layout: BOS, <start_of_turn>user|model, <end_of_turn>; like Gemma-2 it refuses a system message and
+# turns that do not alternate user/model
+GEMMA2_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}{{ raise_exception('System role not supported') }}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<start_of_turn>model\\n' }}"
+    "{% generation %}{{ message['content'] | trim + '<end_of_turn>' }}{% endgeneration %}"
+    "{%- else -%}{{ '<start_of_turn>' + message['role'] + '\\n' + message['content'] | trim + '<end_of_turn>' }}"
+    "{%- endif -%}{{ '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    "How a family of paper models marks turns, and the architecture its tiny stand-in uses."
+    name: str
+    architecture: str  # qwen2, llama or gemma2 (transformers model type of the tiny model)
+    special_tokens: tuple[str, ...]
+    bos: str | None  # prepended by the tokenizer itself (as Llama-3 and Gemma-2 tokenizers do)
+    eos: str  # the checkpoint's eos token
+    pad: str | None
+    end_of_turn: str  # the token that closes an assistant turn in the chat template
+    template: str
+    system_role: bool  # False: the template rejects a system message
+
+
+CHAT_FAMILIES: dict[str, ChatFamily] = {f.name: f for f in (
+    ChatFamily("chatml", "qwen2", SPECIAL_TOKENS, None, "<|im_end|>", "<|endoftext|>", "<|im_end|>", CHATML_TEMPLATE,
+               True),
+    ChatFamily("llama3", "llama", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                   "<|eot_id|>"), "<|begin_of_text|>", "<|end_of_text|>", None, "<|eot_id|>",
+               LLAMA3_TEMPLATE, True),
+    ChatFamily("gemma2", "gemma2", ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
+               "<pad>", "<end_of_turn>", GEMMA2_TEMPLATE, False),
+)}
+
+# %% ../nbs/00a_tiny.ipynb #8dd0d07f
 def default_corpus(seed: int = 0, n_per_language: int = 400) -> list[str]:
     "English and Chinese sentences from package-bundled text, sampled deterministically from `seed`."
     import jieba
@@ -48,9 +104,10 @@ def default_corpus(seed: int = 0, n_per_language: int = 400) -> list[str]:
     return en + zh
 
 
-def build_tokenizer(texts: Sequence[str], vocab_size: int = 3072):
-    "Train a byte-level BPE tokenizer with Qwen2's normaliser and pre-tokeniser and wrap it for transformers."
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def build_tokenizer(texts: Sequence[str], vocab_size: int = 3072, family: str = "chatml"):
+    """Train a byte-level BPE tokenizer with Qwen2's normaliser and pre-tokeniser and wrap it for transformers, with
+    the special tokens, BOS rule and chat template of a `CHAT_FAMILIES` entry."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
     tok = Tokenizer(models.BPE())
@@ -59,47 +116,64 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 3072):
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+    fam = chat_family(family)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(fam.special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, chat_template=CHATML_TEMPLATE,
-                                   model_max_length=None, padding_side="right")
+    if fam.bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B",
+                                                           special_tokens=[(fam.bos, tok.token_to_id(fam.bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=fam.eos, pad_token=fam.pad, bos_token=fam.bos,
+                                   unk_token=None, chat_template=fam.template, model_max_length=None,
+                                   padding_side="right")
+
+
+def chat_family(name: str) -> ChatFamily:
+    "The `CHAT_FAMILIES` entry called `name` (a one-line error names the known ones)."
+    if name not in CHAT_FAMILIES: raise ValueError(f"unknown chat family {name!r} (known: {', '.join(CHAT_FAMILIES)})")
+    return CHAT_FAMILIES[name]
 
 
 # %% ../nbs/00a_tiny.ipynb #0f24581d
-def _qwen2_config(tokenizer, spec: TinyModelSpec, **extra):
-    from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-                       intermediate_size=spec.intermediate_size,
-                       num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                       num_key_value_heads=spec.num_key_value_heads,
-                       max_position_embeddings=spec.max_position_embeddings,
-                       tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=None, **extra)
-
-
 MODEL_KINDS = ("causal_lm", "encoder", "classifier")
+# architecture -> transformers config class and the model class of each kind
+_ARCHITECTURES = {
+    "qwen2": ("Qwen2Config", ("Qwen2ForCausalLM", "Qwen2Model", "Qwen2ForSequenceClassification")),
+    "llama": ("LlamaConfig", ("LlamaForCausalLM", "LlamaModel", "LlamaForSequenceClassification")),
+    "gemma2": ("Gemma2Config", ("Gemma2ForCausalLM", "Gemma2Model", "Gemma2ForSequenceClassification")),
+}
+
+
+def _model_config(tokenizer, spec: TinyModelSpec, architecture: str, **extra):
+    import transformers
+    extra.update(head_dim=spec.hidden_size // spec.num_attention_heads) if architecture == "gemma2" else None
+    return getattr(transformers, _ARCHITECTURES[architecture][0])(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, **extra)
 
 
 def build_model(tokenizer,  # the tokenizer the model's vocabulary follows
                 spec: TinyModelSpec = TinyModelSpec(),  # architecture sizes
                 seed: int = 0,  # initialisation seed (derived per kind)
                 kind: str = "causal_lm",  # one of MODEL_KINDS
-                num_labels: int = 2):  # output classes of a `classifier`
-    """A randomly initialised Qwen2-architecture model for `tokenizer`, deterministic for `seed`.
+                num_labels: int = 2,  # output classes of a `classifier`
+                architecture: str = "qwen2"):  # qwen2, llama or gemma2 (`ChatFamily.architecture`)
+    """A randomly initialised model of `architecture` for `tokenizer`, deterministic for `seed`.
     `kind`: `causal_lm` (policies, judge, LM-scored features, detectors' scorers), `encoder` (featurisers,
     text critics), `classifier` (sequence classifiers such as a supervised AI-text detector)."""
     import torch
-    from transformers import Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2Model
+    import transformers
     if kind not in MODEL_KINDS: raise ValueError(f"unknown tiny model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
-    cls = {"causal_lm": Qwen2ForCausalLM, "encoder": Qwen2Model, "classifier": Qwen2ForSequenceClassification}[kind]
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(_ARCHITECTURES)})")
+    cls = getattr(transformers, _ARCHITECTURES[architecture][1][MODEL_KINDS.index(kind)])
     extra = {"num_labels": num_labels} if kind == "classifier" else {}
-    g = torch.random.fork_rng(devices=[])
-    with g:
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "tiny-model", kind))
-        model = cls(_qwen2_config(tokenizer, spec, **extra))
+        model = cls(_model_config(tokenizer, spec, architecture, **extra))
     return model.float().eval()
 
 
@@ -107,11 +181,13 @@ def build_tiny(out_dir: str | Path,  # where the tokenizer and model are saved
                spec: TinyModelSpec = TinyModelSpec(),  # architecture sizes and tokenizer corpus size
                seed: int = 0,  # drives the corpus sample and the initialisation
                texts: Iterable[str] = (),  # extra texts for the tokenizer's training corpus
-               kind: str = "causal_lm") -> Path:  # one of MODEL_KINDS
+               kind: str = "causal_lm",  # one of MODEL_KINDS
+               family: str = "chatml") -> Path:  # a `CHAT_FAMILIES` name: tokens, template and architecture
     "Build tokenizer + model from the bundled corpus plus `texts`, and save both to `out_dir` (safetensors)."
     corpus = default_corpus(seed, spec.corpus_sentences) + [t for t in texts if t]
-    tok = build_tokenizer(corpus, spec.vocab_size)
-    model = build_model(tok, spec, seed, kind)
+    fam = chat_family(family)
+    tok = build_tokenizer(corpus, spec.vocab_size, family)
+    model = build_model(tok, spec, seed, kind, architecture=fam.architecture)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
