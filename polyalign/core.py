@@ -32,7 +32,7 @@ __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE
            'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
            'CriticConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides',
            'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods',
-           'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
+           'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
            'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
            'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
            'write_parquet', 'read_parquet', 'hub_cache_repo', 'hub_cache_dir_repo', 'derive_seed', 'seed_everything',
@@ -523,6 +523,18 @@ def check_methods(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def pins_path(profile_yaml: str | Path) -> Path:
+    "The pins of a profile: `<name>.pins.yaml` beside its YAML (written by `polyalign pin`, merged by `load_config`)."
+    p = Path(profile_yaml)
+    return p.with_name(f"{p.stem}.pins.yaml")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
+    return base
+
+
 def load_config(profile_or_path: str | Path = "tiny", overrides: Iterable[str] | dict | None = None) -> RunConfig:
     "Resolve a profile name or YAML path into a validated `RunConfig`, then apply overrides."
     s = str(profile_or_path)
@@ -536,6 +548,7 @@ def load_config(profile_or_path: str | Path = "tiny", overrides: Iterable[str] |
             raise ConfigError(f"unknown profile '{s}' (known: {known})")
     data = read_yaml(path)
     if data is None: data = {}
+    if pins_path(path).is_file(): data = _merge(data, read_yaml(pins_path(path)) or {})
     try:
         cfg = config_from_dict(data)
     except ConfigError as e:

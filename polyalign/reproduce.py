@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -24,7 +25,9 @@ from .core import (METHOD_SECTIONS, METHODS, ConfigError, StageResult, RunConfig
 # %% auto #0
 __all__ = ['STAGES', 'METHOD_STAGES', 'ENGINE_NAME', 'KEEP_TAGS', 'Stage', 'select_stages', 'is_stage_cell', 'stage_cells',
            'StageEngine', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce', 'stage_outcome',
-           'outputs_summary', 'device_info', 'info', 'main']
+           'outputs_summary', 'device_info', 'info', 'RemoteArtifact', 'remote_artifacts', 'unpinned', 'Check',
+           'needs_gpu', 'disk_estimate_gb', 'hub_reachable', 'artifact_check', 'end_of_turn', 'template_check',
+           'preflight', 'paper_minutes', 'plan', 'pin', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #9808d80e
 @dataclass(frozen=True)
@@ -189,10 +192,17 @@ def reproduce(profile: str = "tiny",  # a profile name or a YAML path
               out: str | Path | None = None,  # the run directory (default: the config's run_dir)
               only: list[str] | None = None,  # stage or method names (`select_stages`)
               sets: list[str] | None = None,  # dotted overrides
-              nbs_dir: str | Path | None = None) -> dict:  # stage notebooks (default: `asset_path("nbs")`)
-    "Run the selected stage notebooks in order; returns the run manifest."
+              nbs_dir: str | Path | None = None,  # stage notebooks (default: `asset_path("nbs")`)
+              allow_unpinned: bool = False) -> dict:  # start even when remote artifacts are unpinned
+    "Run the preflight, then the selected stage notebooks in order; returns the run manifest."
     stages, narrow = select_stages(only)
     config_path, overrides, cfg = resolve_run(profile, out, [*(sets or []), *narrow])
+    loose = unpinned(cfg)
+    if loose and not allow_unpinned:
+        raise ConfigError(f"{len(loose)} remote artifact(s) not pinned to a commit ({loose[0].repo_id}: set "
+                          f"{loose[0].config_key}); run `polyalign pin --profile {profile}` or pass --allow-unpinned")
+    failed = [c for c in preflight(cfg, allow_unpinned) if not c.ok]
+    if failed: raise ConfigError("preflight failed: " + "; ".join(c.line() for c in failed))
     nbs = Path(nbs_dir) if nbs_dir else asset_path("nbs")
     run_dir = Path(cfg.run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     log.info("reproduce: profile %s -> %s (%d stages)", cfg.profile, run_dir, len(stages))
@@ -247,6 +257,243 @@ def info(profile: str = "tiny", sets: list[str] | None = None) -> str:
                       f"# config ({profile})",
                       yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)])
 
+# %% ../nbs/11_reproduce.ipynb #32e7ce37
+@dataclass(frozen=True)
+class RemoteArtifact:
+    "Something a run loads from the hub: a model or a dataset, by id, at a revision ('' = unpinned)."
+    kind: str  # model or dataset
+    repo_id: str
+    revision: str
+    used_by: str  # the config key that names it
+    config_key: str  # where its revision is set
+
+
+def _is_remote(name: str) -> bool:
+    return bool(name) and name != "tiny" and not Path(name).exists() and not name.startswith(("http://", "https://"))
+
+
+def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
+    "Every hub model and dataset the config would load, with the revision it pins."
+    revs, out = cfg.models.revisions, []
+    for m in cfg.models.policies:
+        if _is_remote(m): out.append(RemoteArtifact("model", m, revs.get(m, ""), "models.policies", f"models.revisions.{m}"))
+    f = cfg.features
+    if f.lm_features and _is_remote(f.scorer):
+        out.append(RemoteArtifact("model", f.scorer, f.scorer_revision or revs.get(f.scorer, ""), "features.scorer",
+                                  "features.scorer_revision"))
+    if cfg.critic.kind == "text" and _is_remote(cfg.critic.encoder):
+        out.append(RemoteArtifact("model", cfg.critic.encoder, revs.get(cfg.critic.encoder, ""), "critic.encoder",
+                                  f"models.revisions.{cfg.critic.encoder}"))
+    if _is_remote(cfg.metrics.mauve_featurizer):
+        fz = cfg.metrics.mauve_featurizer
+        out.append(RemoteArtifact("model", fz, revs.get(fz, ""), "metrics.mauve_featurizer", f"models.revisions.{fz}"))
+    if cfg.data.source_mode == "hub":
+        from polyalign.sources import SOURCES, configured_sources
+        for name in configured_sources(cfg.data):
+            repo = cfg.data.hub_ids.get(name) or SOURCES[name].hub_id
+            if repo.startswith(("http://", "https://")): continue   # files at a URL, not a hub repository
+            out.append(RemoteArtifact("dataset", repo, cfg.data.revisions.get(name, ""), f"data.sources.{name}",
+                                      f"data.revisions.{name}"))
+    first: dict[tuple[str, str], RemoteArtifact] = {}
+    for a in out: first.setdefault((a.kind, a.repo_id), a)   # one entry per repository, under its first use
+    return list(first.values())
+
+
+def unpinned(cfg: RunConfig) -> list[RemoteArtifact]:
+    "The remote artifacts without a 40-hex commit (a branch or tag name moves, so it does not count as pinned)."
+    return [a for a in remote_artifacts(cfg) if not re.fullmatch(r"[0-9a-f]{40}", a.revision)]
+
+# %% ../nbs/11_reproduce.ipynb #e0f7a053
+@dataclass
+class Check:
+    "One preflight check: what was checked, whether it passed, and the one-line fix when it did not."
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}" + ("" if self.ok else f" -> fix: {self.fix}")
+
+
+def needs_gpu(cfg: RunConfig) -> bool:
+    "True when the config asks for an accelerator (vLLM, bf16 training, a cuda device)."
+    return (cfg.generate.backend == "vllm" or cfg.sft.bf16 or cfg.preference.bf16
+            or "cuda" in (cfg.critic.device, cfg.features.lm_device, cfg.metrics.mauve_device))
+
+
+def _params_billions(repo_id: str) -> float:
+    m = re.search(r"(\d+(?:\.\d+)?)[bB]\b", repo_id)
+    return float(m.group(1)) if m else 1.0
+
+
+def disk_estimate_gb(cfg: RunConfig) -> float:
+    """A rough upper bound of what a run writes: per policy, bf16 weights of each trained method and language, plus
+    one resumable intermediate checkpoint (weights and fp32 Adam state, 14 bytes per parameter), plus the hub cache."""
+    trained = len(cfg.sft.methods) + len(cfg.preference.methods)
+    langs = len(cfg.sft.languages)
+    gb = 0.0
+    for m in cfg.models.policies:
+        p = _params_billions(m) if _is_remote(m) else 0.001
+        gb += p * 2 * trained * langs + p * 14 + p * 2
+    return round(gb + 20.0 * (cfg.data.source_mode == "hub"), 1)
+
+# %% ../nbs/11_reproduce.ipynb #6dc48986
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    "Whether the hub endpoint answers (one request, bounded by `timeout`), and why not."
+    import urllib.request
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE: return False, "HF_HUB_OFFLINE is set"
+    try:
+        urllib.request.urlopen(f"{constants.ENDPOINT}/api/models?limit=1", timeout=timeout)
+        return True, constants.ENDPOINT
+    except Exception as e:
+        return False, f"{constants.ENDPOINT} unreachable ({type(e).__name__})"
+
+
+def artifact_check(a: RemoteArtifact, online: bool) -> Check:
+    """Online: the repo exists and this account may read it (gated models need an accepted licence and a token).
+    Offline: its files at that revision are in the local cache."""
+    from huggingface_hub import HfApi, snapshot_download
+    name = f"{a.kind} {a.repo_id}@{a.revision[:12] or 'unpinned'}"
+    try:
+        if online:
+            info = (HfApi().model_info if a.kind == "model" else HfApi().dataset_info)(a.repo_id,
+                                                                                   revision=a.revision or None)
+            return Check(name, True, f"accessible (commit {info.sha[:12]})")
+        snapshot_download(a.repo_id, repo_type=a.kind, revision=a.revision or None, local_files_only=True)
+        return Check(name, True, "in the local hub cache")
+    except Exception as e:
+        gated = "gated" in str(e).lower() or type(e).__name__ in ("GatedRepoError", "RepositoryNotFoundError")
+        fix = (f"accept the licence on the hub page of {a.repo_id} and `huggingface-cli login`" if gated and online
+               else "run where the hub is reachable, or fill the hub cache (HF_HUB_CACHE) with this revision")
+        why = "not in the local hub cache at this revision" if not online else str(e).splitlines()[0][:120]
+        return Check(name, False, f"{type(e).__name__}: {why}", fix)
+
+# %% ../nbs/11_reproduce.ipynb #9e5aa297
+def end_of_turn(tokenizer) -> str | None:
+    "The special token the chat template puts right after an assistant message (None when there is none)."
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": "XYZ"}],
+                                         tokenize=False)
+    after = text[text.rindex("XYZ") + 3:].lstrip()
+    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+    return next((t for t in specials if after.startswith(t)), None)
+
+
+def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
+    "The policy's chat template renders the renderer's messages and closes an assistant turn with a special token."
+    from transformers import AutoTokenizer
+    from polyalign.core import base_model_path
+    from polyalign.data import render_messages
+    path = base_model_path(cfg, model)
+    if model == "tiny" and not Path(path).is_dir(): return Check(f"chat template {model}", True, "built by the core stage")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.models.revisions.get(model) or None,
+                                            local_files_only=not online, trust_remote_code=cfg.models.trust_remote_code)
+    except Exception as e:
+        return Check(f"chat template {model}", False, f"tokenizer not loadable ({type(e).__name__})",
+                     "make the model reachable (hub access or local cache) first")
+    rec = {"id": "preflight", "language": "en", "track": "single", "family": "qa", "style_bucket": "qa_search",
+           "question": "Why?", "context": "", "dialogue_history": None, "length_bin": "short"}
+    try:
+        tok.apply_chat_template(render_messages(rec, cfg.data), tokenize=False, add_generation_prompt=True)
+    except Exception as e:
+        return Check(f"chat template {model}", False, f"rejects the renderer's messages: {str(e)[:80]}",
+                     "fold the system text into the first user turn for this model (the renderer's system role)")
+    eot = end_of_turn(tok)
+    return Check(f"chat template {model}", eot is not None, f"renders; end of turn {eot!r}",
+                 "give the tokenizer a chat template whose assistant turns end with a special token")
+
+# %% ../nbs/11_reproduce.ipynb #4ea8916e
+def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
+    "Every check of the section above, in order; a run may start when all pass."
+    import importlib.util
+    import shutil
+    checks, arts, loose = [], remote_artifacts(cfg), unpinned(cfg)
+    names = ", ".join(a.repo_id for a in loose[:4]) + (" ..." if len(loose) > 4 else "")
+    checks.append(Check("pins", not loose or allow_unpinned,
+                        f"{len(arts) - len(loose)} of {len(arts)} remote artifacts pinned" + (f"; unpinned: {names}"
+                        + (" (allowed by --allow-unpinned)" if allow_unpinned else "") if loose else ""),
+                        f"run `polyalign pin --profile {cfg.profile}` where the hub is reachable (or --allow-unpinned)"))
+    if needs_gpu(cfg):
+        import torch
+        n = torch.cuda.device_count()
+        checks.append(Check("accelerators", n > 0, f"{n} CUDA device(s)",
+                            "run on a GPU server, or choose a CPU profile (tiny, rehearsal)"))
+        if n: checks.append(Check("bf16", torch.cuda.is_bf16_supported(), "bf16 support on the devices",
+                                  "use GPUs with bf16 (Ampere or newer), or set sft.bf16/preference.bf16 false"))
+    where = next(p for p in (Path(cfg.run_dir), *Path(cfg.run_dir).parents) if p.exists())
+    free, need = shutil.disk_usage(where).free / 1e9, disk_estimate_gb(cfg)
+    checks.append(Check("disk", free >= need, f"{free:.0f} GB free at {where}, about {need:.0f} GB needed",
+                        "free space or point --out at a larger volume"))
+    if cfg.generate.backend == "vllm":
+        checks.append(Check("vllm", importlib.util.find_spec("vllm") is not None, "generate.backend is vllm",
+                            "pip install -e '.[gpu]' in an environment of its own (vLLM pins torch)"))
+    online = False
+    if arts:
+        online, why = (False, "the profile is offline (hf_offline)") if cfg.hf_offline else hub_reachable()
+        checks.append(Check("hub", online or cfg.hf_offline, why, "run where the hub is reachable"))
+        checks += [artifact_check(a, online) for a in arts]
+    checks += [template_check(cfg, m, online) for m in cfg.models.policies]
+    return checks
+
+# %% ../nbs/11_reproduce.ipynb #b1da046b
+# Table 7 rows that each stage's training accounts for
+_TABLE7_STAGES = {"sft": ("Full-SFT", "Bucket-SFT"), "critic": ("HDPO critic",), "preference": ("DPO policy", "HDPO policy")}
+
+
+def paper_minutes(cfg: RunConfig, stage: str) -> float | None:
+    "Wall-clock minutes the paper reported (Table 7) for a stage over the configured models and languages."
+    path = asset_path("reported", "table7_runtime.csv")
+    if stage not in _TABLE7_STAGES or not path.is_file(): return None
+    import pandas as pd
+    t = pd.read_csv(path)
+    key = lambda s: re.sub(r"[^a-z0-9.]", "", str(s).lower())
+    rows = t[t.stage.isin(_TABLE7_STAGES[stage]) & t.language.isin(cfg.sft.languages)
+             & t.model.map(lambda m: any(key(m) in key(p) for p in cfg.models.policies))]
+    return float(rows.runtime_minutes.sum()) if len(rows) else None
+
+
+_STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/table1_*", "features": "features/",
+                 "sft": "checkpoints/*/{full_sft,bucket_sft}-*, figures/sft_loss.*", "generate": "predictions/",
+                 "critic": "critic/, predictions/*/bucket_sft.*", "preference": "pairs/, checkpoints/*/{dpo,hdpo}-*",
+                 "metrics": "tables/table2_*, metrics/"}
+_STAGE_LOADS = {"data": ("dataset",), "features": ("features.scorer",), "sft": ("models.policies",),
+                "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),
+                "metrics": ("metrics.mauve_featurizer",)}
+
+
+def plan(cfg: RunConfig) -> str:
+    "Per stage: what it loads (id@revision), where it writes, and the paper's wall-clock for the same work."
+    arts = remote_artifacts(cfg)
+    lines = [f"# plan: profile {cfg.profile} -> {cfg.run_dir}", "stage | loads | writes | paper wall-clock"]
+    for st in STAGES:
+        keys = _STAGE_LOADS.get(st.name, ())
+        loads = [f"{a.repo_id}@{a.revision[:12] or 'UNPINNED'}" for a in arts
+                 if a.kind in keys or any(a.used_by.startswith(k) for k in keys)]
+        if st.name == "core" and "tiny" in cfg.models.policies: loads = ["tiny model built locally"]
+        mins = paper_minutes(cfg, st.name)
+        lines.append(f"{st.name} | {', '.join(loads) or '-'} | {_STAGE_WRITES.get(st.name, '-')} | "
+                     + (f"{mins / 60:.1f} h" if mins else "-"))
+    return "\n".join(lines)
+
+# %% ../nbs/11_reproduce.ipynb #3e455db6
+def pin(profile: str, sets: list[str] | None = None, api=None) -> Path:
+    "Resolve every remote artifact of a profile to its current hub commit and write `<profile>.pins.yaml`."
+    from huggingface_hub import HfApi
+    from polyalign.core import atomic_write_text, config_dir, pins_path, read_yaml
+    cfg = load_config(profile, sets)
+    api = api or HfApi()
+    path = pins_path(Path(profile) if Path(profile).is_file() else config_dir() / f"{profile}.yaml")
+    pins = read_yaml(path) if path.is_file() else {}
+    for a in remote_artifacts(cfg):
+        sha = (api.model_info if a.kind == "model" else api.dataset_info)(a.repo_id).sha
+        section, *rest = a.config_key.split(".")
+        if a.config_key == "features.scorer_revision": pins.setdefault("features", {})["scorer_revision"] = sha
+        else: pins.setdefault(section, {}).setdefault(rest[0], {})[".".join(rest[1:])] = sha
+        log.info("pin: %s %s -> %s", a.kind, a.repo_id, sha)
+    return atomic_write_text(path, yaml.safe_dump(pins, sort_keys=True, allow_unicode=True))
+
 # %% ../nbs/11_reproduce.ipynb #48ba130b
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polyalign", description="Reproduce PolyAlign from its notebooks.")
@@ -258,6 +505,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"stages to run ({', '.join(s.name for s in STAGES)}) or methods ({', '.join(METHOD_STAGES)})")
     r.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE",
                    help="dotted config overrides")
+    r.add_argument("--allow-unpinned", action="store_true", help="start even when hub artifacts are not pinned")
+    for name, what in (("plan", "print the plan and run the preflight checks (exit 1 on a failed check)"),
+                       ("pin", "resolve every hub artifact to its current commit and write <profile>.pins.yaml")):
+        c = sub.add_parser(name, help=what)
+        c.add_argument("--profile", default="tiny")
+        c.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE")
+        if name == "plan": c.add_argument("--allow-unpinned", action="store_true")
     i = sub.add_parser("info", help="print versions, devices and the resolved config")
     i.add_argument("--profile", default="tiny")
     i.add_argument("--set", nargs="+", action="extend", default=[], dest="sets", metavar="KEY=VALUE")
@@ -270,7 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "info":
             print(info(args.profile, args.sets)); return 0
-        manifest = reproduce(args.profile, args.out, args.only, args.sets)
+        if args.cmd == "pin":
+            print(f"pins written to {pin(args.profile, args.sets)}"); return 0
+        if args.cmd == "plan":
+            cfg = load_config(args.profile, args.sets)
+            checks = preflight(cfg, args.allow_unpinned)
+            print(plan(cfg)); print("# preflight"); print("\n".join(c.line() for c in checks))
+            return 0 if all(c.ok for c in checks) else 1
+        manifest = reproduce(args.profile, args.out, args.only, args.sets, allow_unpinned=args.allow_unpinned)
         run_dir = Path(resolve_run(args.profile, args.out, args.sets)[2].run_dir)
         done = [k for k, v in manifest["stages"].items() if v.get("status") == "done"]
         print(f"reproduce finished: {len(done)} stages done ({', '.join(done)})")
