@@ -276,7 +276,8 @@ def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
     "Every hub model and dataset the config would load, with the revision it pins."
     revs, out = cfg.models.revisions, []
     for m in cfg.models.policies:
-        if _is_remote(m): out.append(RemoteArtifact("model", m, revs.get(m, ""), "models.policies", f"models.revisions.{m}"))
+        if _is_remote(m):
+            out.append(RemoteArtifact("model", m, revs.get(m, ""), "models.policies", f"models.revisions.{m}"))
     f = cfg.features
     if f.lm_features and _is_remote(f.scorer):
         out.append(RemoteArtifact("model", f.scorer, f.scorer_revision or revs.get(f.scorer, ""), "features.scorer",
@@ -313,7 +314,8 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}" + ("" if self.ok else f" -> fix: {self.fix}")
+        head = f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+        return head if self.ok else f"{head} -> fix: {self.fix}"
 
 
 def needs_gpu(cfg: RunConfig) -> bool:
@@ -386,7 +388,8 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
     from polyalign.core import base_model_path
     from polyalign.data import render_messages
     path = base_model_path(cfg, model)
-    if model == "tiny" and not Path(path).is_dir(): return Check(f"chat template {model}", True, "built by the core stage")
+    if model == "tiny" and not Path(path).is_dir():
+        return Check(f"chat template {model}", True, "built by the core stage")
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.models.revisions.get(model) or None,
                                             local_files_only=not online, trust_remote_code=cfg.models.trust_remote_code)
@@ -414,7 +417,8 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     checks.append(Check("pins", not loose or allow_unpinned,
                         f"{len(arts) - len(loose)} of {len(arts)} remote artifacts pinned" + (f"; unpinned: {names}"
                         + (" (allowed by --allow-unpinned)" if allow_unpinned else "") if loose else ""),
-                        f"run `polyalign pin --profile {cfg.profile}` where the hub is reachable (or --allow-unpinned)"))
+                        f"run `polyalign pin --profile {cfg.profile}` where the hub is reachable "
+                        "(or --allow-unpinned)"))
     if needs_gpu(cfg):
         import torch
         n = torch.cuda.device_count()
@@ -439,7 +443,8 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
 
 # %% ../nbs/11_reproduce.ipynb #b1da046b
 # Table 7 rows that each stage's training accounts for
-_TABLE7_STAGES = {"sft": ("Full-SFT", "Bucket-SFT"), "critic": ("HDPO critic",), "preference": ("DPO policy", "HDPO policy")}
+_TABLE7_STAGES = {"sft": ("Full-SFT", "Bucket-SFT"), "critic": ("HDPO critic",),
+                  "preference": ("DPO policy", "HDPO policy")}
 
 
 def paper_minutes(cfg: RunConfig, stage: str) -> float | None:
