@@ -69,3 +69,21 @@ def test_each_stage_notebook_calls_its_library_function(root):
         assert len(calls) == 1, f"{st.notebook}: expected one stage cell calling {fn}(cfg), found {len(calls)}"
         # the stage cells hold no pipeline logic of their own: no function or class definitions
         assert not any(re.search(r"^\s*(def|class) ", s, re.M) for s in cells), st.notebook
+
+
+def test_plan_lists_failing_checks_with_fixes(polyalign_cli):
+    r = _run(polyalign_cli, "plan", "--profile", "paper")
+    assert r.returncode == 1, r.stderr[-2000:]
+    fails = [l for l in r.stdout.splitlines() if l.startswith("FAIL")]
+    assert any(l.startswith("FAIL pins:") for l in fails) and all("-> fix:" in l for l in fails)
+    assert "sft | Qwen/Qwen2.5-1.5B@UNPINNED" in r.stdout and " h" in r.stdout   # loads and Table 7 hours
+    ok = _run(polyalign_cli, "plan", "--profile", "tiny")
+    assert ok.returncode == 0 and "FAIL" not in ok.stdout, ok.stdout
+
+
+def test_unpinned_paper_run_refuses_to_start(polyalign_cli, tmp_path):
+    r = _run(polyalign_cli, "reproduce", "--profile", "paper", "--out", str(tmp_path / "paper"))
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "not pinned to a commit" in err[0] and "polyalign pin" in err[0], err
+    assert not (tmp_path / "paper").exists() or not any((tmp_path / "paper").iterdir())
