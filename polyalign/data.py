@@ -17,11 +17,11 @@ from .core import HAN, LANGUAGES, SPLITS, ConfigError, DataConfig, RunConfig
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'TRACKS', 'FAMILIES', 'STYLES', 'LENGTH_BINS', 'ROLES', 'SPLIT_PRECEDENCE', 'RECORD_FIELDS', 'KANA',
-           'CJK_LENGTH_CHARS', 'TOKENIZERS', 'DEFAULT_BUCKET_FIELDS', 'record_schema', 'validate_record',
-           'records_to_table', 'read_split', 'normalize_text', 'canonical_text', 'length_tokens', 'count_tokens',
-           'length_bin', 'bucket_key', 'answer_length', 'hash_unit', 'hash_split', 'system_profile', 'user_turn',
-           'render_messages', 'to_prompt_completion', 'canonical_key', 'dedup_records', 'minhash_signatures',
-           'lsh_params', 'near_duplicates']
+           'CJK_LENGTH_CHARS', 'TOKENIZERS', 'DEFAULT_BUCKET_FIELDS', 'NEAR_DUP_WINDOW', 'record_schema',
+           'validate_record', 'records_to_table', 'read_split', 'normalize_text', 'canonical_text', 'length_tokens',
+           'count_tokens', 'length_bin', 'bucket_key', 'answer_length', 'hash_unit', 'hash_split', 'system_profile',
+           'user_turn', 'render_messages', 'to_prompt_completion', 'canonical_key', 'dedup_records',
+           'minhash_signatures', 'lsh_params', 'unique_signatures', 'band_candidates', 'near_duplicates']
 
 # %% ../nbs/01_data.ipynb #97a1bdcb
 SCHEMA_VERSION = "polyalign-record-v1"
@@ -381,45 +381,105 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
             if best is None or fp + fn < best[0]: best = (fp + fn, bands, r)
     return best[1], best[2]
 
-# %% ../nbs/01_data.ipynb #688cbf08
-def _band_candidates(sig, live, rank, bands: int, rows: int) -> set[tuple[int, int]]:
-    "(higher-precedence, lower-precedence) record pairs that share at least one LSH band."
+# %% ../nbs/01_data.ipynb #22cdd939
+NEAR_DUP_WINDOW = 64  # in a crowded LSH bucket, each distinct signature is compared with at most this many others
+
+
+def _row_keys(sig, lo: int, hi: int):
+    "uint64 key of columns [lo, hi) of each signature row (a weighted sum, then mixed)."
     import numpy as np
-    weights = _mix(np.arange(1, rows + 1, dtype=np.uint64))
-    cand = set()
-    for j in range(bands):
-        with np.errstate(over="ignore"):
-            key = (sig[live, j * rows:(j + 1) * rows].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
-        order = np.argsort(key, kind="stable")
-        k = key[order]
-        same = np.flatnonzero(k[1:] == k[:-1])
-        if not len(same): continue
-        bounds = np.flatnonzero(np.diff(np.concatenate([[-2], same])) != 1)
-        for g0 in bounds:   # runs of equal keys: groups of records sharing this band
-            g1 = g0
-            while g1 + 1 < len(same) and same[g1 + 1] == same[g1] + 1: g1 += 1
-            members = live[order[same[g0]: same[g1] + 2]]
-            for x in members:
-                for y in members:
-                    if rank[x] < rank[y]: cand.add((int(x), int(y)))
-    return cand
+    weights = _mix(np.arange(1, hi - lo + 1, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        return _mix((sig[:, lo:hi].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64))
+
+
+def unique_signatures(sig):
+    "(distinct signature rows, index of each input row's distinct row): identical texts collapse to one row."
+    import numpy as np
+    if not len(sig): return sig, np.zeros(0, np.int64)
+    _, first, inv = np.unique(_row_keys(sig, 0, sig.shape[1]), return_index=True, return_inverse=True)
+    uniq, inv = sig[first], inv.reshape(-1)
+    if not (uniq[inv] == sig).all():   # a 64-bit key collision (never seen): fall back to the exact, slower sort
+        uniq, inv = np.unique(sig, axis=0, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
+def band_candidates(sig,  # distinct signature rows [n, num_perm]
+                    bands: int,  # LSH bands
+                    rows: int,  # signature rows per band
+                    window: int = NEAR_DUP_WINDOW,  # pairs examined per signature and band (the cap)
+                   ):
+    "(a, b) index arrays, a < b, of signature rows that share an LSH band, at most `window` per row and band."
+    import numpy as np
+    n = len(sig)
+    keys = np.stack([_row_keys(sig, j * rows, (j + 1) * rows) for j in range(bands)], axis=1) if n else None
+    codes = []
+    for j in range(bands if n > 1 else 0):
+        nxt = [(j + k) % bands for k in range(1, min(bands, 3))]   # inside a bucket: ordered by the next bands
+        order = np.lexsort(tuple(keys[:, c] for c in reversed([j, *nxt])))
+        k = keys[order, j]
+        for d in range(1, min(window, n - 1) + 1):
+            same = np.flatnonzero(k[d:] == k[:-d])
+            if not len(same): break   # buckets are contiguous runs: none longer than d
+            a, b = order[same], order[same + d]
+            codes.append(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b))
+    if not codes: return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    c = np.unique(np.concatenate(codes))
+    return c // n, c % n
+
+# %% ../nbs/01_data.ipynb #df281470
+def _first_per_split(inv, live, rank, n_sig: int, n_split: int):
+    "first[u, s]: the first record (by position) with distinct signature u in split rank s, else -1."
+    import numpy as np
+    first = np.full((n_sig, n_split), -1, np.int64)
+    order = np.lexsort((live, rank[live], inv))
+    u, s = inv[order], rank[live][order]
+    head = np.concatenate([[True], (u[1:] != u[:-1]) | (s[1:] != s[:-1])])
+    first[u[head], s[head]] = live[order][head]
+    return first
+
+
+def _best_matches(inv, live, rank, first, edges):
+    "(x, y, jaccard) arrays: for each live record y and each higher split, its most similar record x there."
+    import numpy as np
+    eu, ev, ej = edges
+    xs, ys, js = [], [], []
+    for s in range(first.shape[1]):
+        x = first[ev, s]
+        ok = x >= 0
+        u, xv, jv = eu[ok], x[ok], ej[ok]
+        o = np.lexsort((xv, -jv, u))   # per signature: highest similarity, then the first record
+        head = np.concatenate([[True], u[o][1:] != u[o][:-1]]) if len(o) else np.zeros(0, bool)
+        bx = np.full(first.shape[0], -1, np.int64); bj = np.zeros(first.shape[0])
+        bx[u[o][head]], bj[u[o][head]] = xv[o][head], jv[o][head]
+        m = (rank[live] > s) & (bx[inv] >= 0)
+        xs.append(bx[inv[m]]); ys.append(live[m]); js.append(bj[inv[m]])
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(js)
 
 
 def near_duplicates(records: Sequence[Mapping],  # records with id, split, dataset, question and human_answer
                     threshold: float = 0.8,  # estimated Jaccard similarity a pair must reach
                     num_perm: int = 64,  # MinHash signature length
                     seed: int = 1,  # seeds the MinHash permutations
+                    window: int = NEAR_DUP_WINDOW,  # the cap: pairs examined per distinct signature and LSH band
                    ) -> list[dict]:
-    "Cross-split near-duplicate pairs (held-out member first) with their estimated Jaccard similarity."
+    "Per record and higher-precedence split, its most similar near duplicate there (held-out member first)."
     import numpy as np
     sig, has = minhash_signatures([f"{r['question']}\n{r['human_answer']}" for r in records], num_perm, seed)
-    rank = np.array([SPLIT_PRECEDENCE[r["split"]] for r in records])
-    cand = _band_candidates(sig, np.flatnonzero(has), rank, *lsh_params(threshold, num_perm))
+    rank = np.array([SPLIT_PRECEDENCE[r["split"]] for r in records], np.int64)
+    live = np.flatnonzero(has)
+    uniq, inv = unique_signatures(sig[live])
+    a, b = band_candidates(uniq, *lsh_params(threshold, num_perm), window)
+    jac = np.concatenate([(uniq[a[i:i + 65536]] == uniq[b[i:i + 65536]]).mean(axis=1)
+                          for i in range(0, len(a), 65536)] or [np.zeros(0)])
+    ok, self_ = jac >= threshold, np.arange(len(uniq))
+    edges = (np.concatenate([a[ok], b[ok], self_]), np.concatenate([b[ok], a[ok], self_]),
+             np.concatenate([jac[ok], jac[ok], np.ones(len(uniq))]))
+    first = _first_per_split(inv, live, rank, len(uniq), len(SPLIT_PRECEDENCE))
+    x, y, j = _best_matches(inv, live, rank, first, edges)
     pairs = []
-    for x, y in sorted(cand, key=lambda p: (rank[p[0]], rank[p[1]], p)):
-        jac = float((sig[x] == sig[y]).mean())
-        if jac >= threshold:
-            a, b = records[x], records[y]
-            pairs.append({"id": a["id"], "split": a["split"], "dataset": a["dataset"], "other_id": b["id"],
-                          "other_split": b["split"], "other_dataset": b["dataset"], "jaccard": round(jac, 4)})
+    for k in np.lexsort((y, x, rank[y], rank[x])):
+        p, q = records[x[k]], records[y[k]]
+        pairs.append({"id": p["id"], "split": p["split"], "dataset": p["dataset"], "other_id": q["id"],
+                      "other_split": q["split"], "other_dataset": q["dataset"], "jaccard": round(float(j[k]), 4)})
     return pairs

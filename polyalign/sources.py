@@ -5,11 +5,15 @@
 # %% ../nbs/01a_sources.ipynb #43113ccc
 from __future__ import annotations
 
+import datetime
 import functools
 import gzip
 import hashlib
 import io
 import json
+import os
+import re
+import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,17 +28,20 @@ from .data import (FAMILIES, RECORD_FIELDS, SCHEMA_VERSION, SPLIT_PRECEDENCE, ST
                             near_duplicates, normalize_text, records_to_table)
 
 # %% auto #0
-__all__ = ['SPLIT_POLICIES', 'SOURCES', 'FIXTURES', 'ELI5_FILES', 'MULTIWOZ_FILES', 'COIG_SUBSETS', 'RowError', 'DataSourceError',
-           'get_field', 'get_text', 'get_texts', 'SourceSpec', 'AdaptContext', 'register_source', 'RawRow',
-           'read_jsonl_rows', 'SplitRows', 'RawSource', 'dataset_rows', 'read_dataset_split', 'raw_source',
-           'source_parts', 'SourceResult', 'rejection', 'adapt_rows', 'adapt_source', 'fixture_dir', 'tiny_raw_files',
-           'write_tiny_raw', 'fixture_rows', 'adapt_dolly', 'adapt_eli5', 'read_eli5_files', 'split_eou',
-           'adapt_dailydialog', 'read_dailydialog_zip', 'read_dailydialog', 'adapt_ms_marco', 'adapt_coqa',
-           'adapt_squad_v2', 'adapt_natural_questions', 'adapt_multiwoz', 'read_json_array', 'read_multiwoz',
-           'adapt_coig_cqia', 'read_coig_subset', 'adapt_hc3_chinese', 'read_hc3', 'prepare_oasst2', 'adapt_oasst2_zh',
-           'adapt_cmrc2018', 'adapt_drcd', 'adapt_dureader', 'read_dureader_zip', 'read_dureader', 'configured_sources',
-           'check_data_config', 'reported_table1', 'table1', 'shared_contexts', 'adapt_sources', 'drop_near_duplicates',
-           'corpus_report', 'build_corpus', 'data_stage']
+__all__ = ['SPLIT_POLICIES', 'SOURCES', 'FIXTURES', 'ELI5_FILES', 'MULTIWOZ_FILES', 'MULTIWOZ_DIR', 'COIG_SUBSETS', 'RowError',
+           'DataSourceError', 'get_field', 'get_text', 'get_texts', 'SourceSpec', 'AdaptContext', 'register_source',
+           'RawRow', 'read_jsonl_rows', 'SplitRows', 'hub_cache', 'hub_offline', 'RawSource', 'dataset_rows',
+           'read_dataset_split', 'git_blob_id', 'content_revision', 'repo_folder', 'write_cached_repo', 'url_base',
+           'url_snapshot', 'dataset_repo', 'raw_source', 'source_parts', 'SourceResult', 'rejection', 'adapt_rows',
+           'adapt_source', 'fixture_dir', 'tiny_raw_files', 'write_tiny_raw', 'fixture_rows', 'adapt_dolly',
+           'adapt_eli5', 'read_eli5_files', 'split_eou', 'adapt_dailydialog', 'read_dailydialog_zip',
+           'read_dailydialog', 'adapt_ms_marco', 'adapt_coqa', 'adapt_squad_v2', 'adapt_natural_questions',
+           'adapt_multiwoz', 'multiwoz_files', 'multiwoz_repo', 'read_json_array', 'read_multiwoz', 'adapt_coig_cqia',
+           'coig_repo', 'read_coig_subset', 'adapt_hc3_chinese', 'read_hc3', 'prepare_oasst2', 'adapt_oasst2_zh',
+           'adapt_cmrc2018', 'adapt_drcd', 'adapt_dureader', 'read_dureader_zip', 'dureader_repo', 'read_dureader',
+           'configured_sources', 'check_data_config', 'hub_files', 'build_hub_mirror', 'unpinned_sources',
+           'reported_table1', 'table1', 'shared_contexts', 'adapt_sources', 'drop_near_duplicates', 'corpus_report',
+           'build_corpus', 'data_stage']
 
 # %% ../nbs/01a_sources.ipynb #23b7bf25
 class RowError(ValueError):
@@ -120,6 +127,8 @@ class SourceSpec:
     hub_config: str | None = None  # the `datasets` config name, where the source has one
     prepare: Callable | None = None  # builds a per-split index the adapter needs (OASST2 message trees)
     fixture: str | Path | None = None  # directory of the raw tiny fixture; None = the bundled polyalign/fixtures/<name>
+    hub_patterns: tuple = ()  # files of the hub repository the reader needs (snapshot allow-patterns); () = all
+    hub_layout: Callable | None = None  # fixture files -> repository files, for the mirror (None: see `hub_files`)
 
     def __post_init__(self):
         object.__setattr__(self, "splits", tuple(tuple(s) for s in self.splits))
@@ -226,26 +235,38 @@ def read_jsonl_rows(data: bytes, source_split: str, rel: str) -> Iterator[RawRow
             yield RawRow(source_split, rel, i, error=RowError("<line>", f"invalid JSON: {e.msg}")); continue
         yield RawRow(source_split, rel, i, row=row)
 
-# %% ../nbs/01a_sources.ipynb #a1ef3b14
+# %% ../nbs/01a_sources.ipynb #3b03ff07
 class SplitRows(NamedTuple):
     "What a reader returns for one source split: its raw rows and, where the source ships one, the adapter's index."
     rows: list
     index: Any = None
 
 
-def _hub_rows(hub_id: str, config: str | None, revision: str | None, split: str) -> Iterable[dict]:
-    import datasets
-    return datasets.load_dataset(hub_id, config, revision=revision or None, split=split)
+def hub_cache() -> Path:
+    "The hub cache the hub clients read and fill (`HF_HUB_CACHE`, default `$HF_HOME/hub`)."
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
 
 
-def _hub_file(hub_id: str, filename: str, revision: str | None) -> Path:
+def hub_offline() -> bool:
+    "True when the hub clients may not reach the network (`HF_HUB_OFFLINE=1`): only the hub cache is read."
+    from huggingface_hub import constants
+    return bool(constants.is_offline_mode())
+
+
+def _hub_snapshot(hub_id: str, revision: str, patterns: Sequence[str] | None) -> Path:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(hub_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+
+
+def _hub_file(hub_id: str, filename: str, revision: str) -> Path:
     from huggingface_hub import hf_hub_download
-    return Path(hf_hub_download(hub_id, filename, repo_type="dataset", revision=revision or None))
+    return Path(hf_hub_download(hub_id, filename, repo_type="dataset", revision=revision))
 
 
-def _url_file(url: str) -> Path:
-    import datasets
-    return Path(datasets.DownloadManager().download(url))
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else ""
 
 
 @dataclass(frozen=True)
@@ -269,12 +290,12 @@ class RawSource:
         return _open_bytes(p), f"{self.spec.name}/{rel}"
 
     def fetch(self, getter: Callable[[], Any], what: str) -> Any:
-        "Run a hub or network download; any failure becomes a `DataSourceError` naming source, id and revision."
+        "Run a hub or network read; any failure becomes a one-line `DataSourceError` naming source, id and revision."
         try:
             return getter()
         except Exception as e:  # hub/network errors come in many types; all mean the same thing to the user
             raise DataSourceError(f"source '{self.spec.name}': cannot fetch {what} (id '{self.hub_id}', revision "
-                                  f"'{self.revision or 'default'}'): {type(e).__name__}: {e}") from e
+                                  f"'{self.revision or 'default'}'): {type(e).__name__}: {_first_line(e)}") from e
 
     def file(self, rel: str, hub_name: str | None = None) -> tuple[bytes, str]:
         "(bytes, label): the local file `rel`, or the file `hub_name` (default `rel`) of the hub dataset repository."
@@ -283,25 +304,120 @@ class RawSource:
         path = self.fetch(lambda: _hub_file(self.hub_id, name, self.revision), name)
         return path.read_bytes(), f"{self.pinned}:{name}"
 
+    def snapshot(self) -> Path:
+        "The hub dataset repository at the revision (its files matching `spec.hub_patterns`), downloaded or cached."
+        return self.fetch(lambda: _hub_snapshot(self.hub_id, self.revision, list(self.spec.hub_patterns) or None),
+                          "the dataset repository")
+
+# %% ../nbs/01a_sources.ipynb #b430a82f
+def _load_split(root: Path, config: str | None, split: str):
+    import datasets
+    return datasets.load_dataset(str(root), config, split=split)
+
 
 def dataset_rows(src: RawSource,  # the source's raw files
                  split: str,  # the source split (local file `<split>.jsonl`)
                  config: str | None = None,  # the hub dataset config
                  hub_split: str | None = None,  # the hub split to load (default: `split`)
                 ) -> list[RawRow]:
-    "One split of a hub *dataset*: `<split>.jsonl` locally, `load_dataset(id, config, split=hub_split)` on the hub."
+    "One split of a hub *dataset*: `<split>.jsonl` locally; on the hub, `load_dataset` over the pinned repository."
     if not src.hub:
         data, label = src.local(f"{split}.jsonl")
         return list(read_jsonl_rows(data, split, label))
     hub_split = hub_split or split
-    ds = src.fetch(lambda: _hub_rows(src.hub_id, config, src.revision, hub_split),
-                   f"dataset config '{config}' split '{hub_split}'")
+    root = src.snapshot()
+    ds = src.fetch(lambda: _load_split(root, config, hub_split), f"dataset config '{config}' split '{hub_split}'")
     return [RawRow(split, f"{src.pinned}:{config or ''}:{hub_split}", i, row=dict(r)) for i, r in enumerate(ds)]
 
 
 def read_dataset_split(src: RawSource, split: str) -> SplitRows:
     "The reader of a hub dataset whose splits are the source splits (config `spec.hub_config`)."
     return SplitRows(dataset_rows(src, split, src.spec.hub_config))
+
+# %% ../nbs/01a_sources.ipynb #b4a342ee
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def git_blob_id(data: bytes) -> str:
+    "The git blob SHA-1 of `data` (how the hub names a regular file's blob)."
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def content_revision(files: Mapping[str, bytes]) -> str:
+    "A 40-hex revision fixed by the files' paths and contents: the mirror's commit id, and the pin of a plain URL."
+    h = hashlib.sha1()
+    for path in sorted(files): h.update(f"{path}\0{git_blob_id(files[path])}\n".encode())
+    return h.hexdigest()
+
+
+def repo_folder(hub_id: str) -> str:
+    "The cache folder of a source: `datasets--<org>--<name>` for a hub dataset, `urls--<host>--<path>` for a URL."
+    if "://" in hub_id: return "urls--" + re.sub(r"[^A-Za-z0-9._-]+", "--", hub_id.split("://", 1)[1].strip("/"))
+    return "datasets--" + hub_id.replace("/", "--")
+
+
+def write_cached_repo(cache: str | Path,  # the hub cache directory
+                      folder: str,  # the repository's folder (`repo_folder`)
+                      files: Mapping[str, bytes],  # path in the repository -> content
+                      revision: str | None = None,  # the revision to write; None = `content_revision(files)`
+                     ) -> str:
+    "Write `files` as one revision of a repository in the hub cache layout, `refs/main` pointing to it; its revision."
+    rev, root = revision or content_revision(files), Path(cache) / folder
+    for path, data in sorted(files.items()):
+        blob = root / "blobs" / git_blob_id(data)
+        if not blob.is_file():
+            with atomic_path(blob) as tmp: tmp.write_bytes(data)
+        link = root / "snapshots" / rev / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:   # no symlinks on this file system: a copy, as the hub client makes there
+            shutil.copyfile(blob, link)
+    with atomic_path(root / "refs" / "main") as tmp: tmp.write_text(rev)
+    return rev
+
+
+def url_base(hub_id: str, revision: str) -> str:
+    "Where a URL source's files are fetched: a GitHub repository's raw files at `revision`, else the URL itself."
+    m = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)/?", hub_id)
+    return f"https://raw.githubusercontent.com/{m[1]}/{revision}" if m else hub_id.rstrip("/")
+
+
+def _download(url: str) -> bytes:
+    import datasets
+    return Path(datasets.DownloadManager().download(url)).read_bytes()
+
+
+def url_snapshot(src: RawSource, rels: Sequence[str]) -> Path:
+    "The cache folder holding every file `rels` of a URL source at `src.revision`; downloaded into it when online."
+    root = hub_cache() / repo_folder(src.hub_id)
+    snap = root / "snapshots" / src.revision
+    missing = [r for r in rels if not (snap / r).is_file()]
+    if not missing: return snap
+    if hub_offline(): raise FileNotFoundError(f"{missing[0]} is not in the hub cache at {snap} (offline)")
+    base = url_base(src.hub_id, src.revision)
+    files = {r: _download(f"{base}/{r}") for r in rels}
+    if "raw.githubusercontent.com" not in base and _COMMIT.fullmatch(src.revision):
+        got = content_revision(files)
+        if got != src.revision: raise ValueError(f"the files at {base} changed: their content revision is {got}")
+    write_cached_repo(hub_cache(), repo_folder(src.hub_id), files, src.revision)
+    return snap
+
+# %% ../nbs/01a_sources.ipynb #e7c79fa5
+def dataset_repo(configs: Mapping[str, Mapping[str, str]],  # config -> {split: fixture file}
+                 files: Mapping[str, bytes],  # the fixture's files
+                ) -> dict[str, bytes]:
+    "A hub dataset repository: each config's split files under `<config>/` (`data/` for `default`), a README card."
+    out, card = {}, ["---", "configs:"]
+    for config, splits in configs.items():
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split, rel in splits.items():
+            path = f"{'data' if config == 'default' else config}/{rel}"
+            out[path] = files[rel]
+            card += [f"  - split: {split}", f"    path: {path}"]
+    out["README.md"] = "\n".join([*card, "---", ""]).encode()
+    return out
 
 # %% ../nbs/01a_sources.ipynb #c34a4370
 def _resolve_policy(policy: str, d: DataConfig) -> str:
@@ -316,9 +432,9 @@ def raw_source(spec: SourceSpec,  # the source
     "The raw files of `spec`: `<raw_dir>/<name>/` (mode local), or its hub id at its pinned revision (mode hub)."
     hub_id, rev = d.hub_ids.get(spec.name) or spec.hub_id, d.revisions.get(spec.name, "")
     if mode != "hub": return RawSource(spec, Path(raw_dir) / spec.name, hub_id, rev)
-    if not rev:
-        log.warning("source %s: no revision pinned in data.revisions; loading the default branch of %s",
-                    spec.name, hub_id)
+    if not rev: raise ConfigError(f"source '{spec.name}': no revision in data.revisions (hub mode)")
+    if not _COMMIT.fullmatch(rev):
+        log.warning("source %s: revision '%s' of %s is not a commit (unpinned)", spec.name, rev, hub_id)
     return RawSource(spec, None, hub_id, rev)
 
 
@@ -494,11 +610,11 @@ ELI5_FILES = {"train": "train", "validation1": "validation-1", "validation2": "v
 
 
 def read_eli5_files(src: RawSource, split: str) -> SplitRows:
-    "`eli5-category-<split>.json.gz` (JSON lines), locally or from the publishers' base URL (`hub_id`)."
+    "`eli5-category-<split>.json.gz` (JSON lines), locally or from the publishers' URL (`hub_id`, content-pinned)."
     name = f"eli5-category-{ELI5_FILES[split]}.json.gz"
     if src.hub:
-        path = src.fetch(lambda: _url_file(f"{src.hub_id.rstrip('/')}/{name}"), name)
-        data, label = _open_bytes(path), f"{src.hub_id}/{name}"
+        snap = src.fetch(lambda: url_snapshot(src, [f"eli5-category-{v}.json.gz" for v in ELI5_FILES.values()]), name)
+        data, label = _open_bytes(snap / name), f"{src.pinned}:{name}"
     else:
         data, label = src.local(name)
     return SplitRows(list(read_jsonl_rows(data, split, label)))
@@ -611,7 +727,8 @@ def adapt_ms_marco(row, ctx: AdaptContext) -> list[dict]:
 # %% ../nbs/01a_sources.ipynb #23636167
 register_source(SourceSpec(
     name="ms_marco", display="MS MARCO", language="en", track="single", family="qa", style="qa_search",
-    hub_id="microsoft/ms_marco", hub_config="v1.1", reader=read_dataset_split, adapter=adapt_ms_marco,
+    hub_id="microsoft/ms_marco", hub_config="v1.1", hub_patterns=("README.md", "v1.1/*"), reader=read_dataset_split,
+    adapter=adapt_ms_marco,
     splits=[("train", "train"), ("validation", "val"), ("test", "test")]))
 
 # %% ../nbs/01a_sources.ipynb #a8c002a0
@@ -705,6 +822,18 @@ def adapt_multiwoz(row, ctx: AdaptContext) -> list[dict]:
 
 # %% ../nbs/01a_sources.ipynb #c3ffa196
 MULTIWOZ_FILES = {"train": 17, "dev": 2, "test": 2}
+MULTIWOZ_DIR = "data/MultiWOZ_2.2"
+
+
+def multiwoz_files() -> list[str]:
+    "The MultiWOZ 2.2 files the reader needs, relative to `MULTIWOZ_DIR` of the GitHub repository."
+    dialogues = [f"{s}/dialogues_{i:03d}.json" for s, n in MULTIWOZ_FILES.items() for i in range(1, n + 1)]
+    return ["dialog_acts.json", *dialogues]
+
+
+def multiwoz_repo(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    "The fixture as the repository holds it: under `MULTIWOZ_DIR`, the dialogue files it lacks as empty lists."
+    return {f"{MULTIWOZ_DIR}/{r}": files.get(r, b"[]") for r in multiwoz_files()}
 
 
 def read_json_array(data: bytes, source_split: str, rel: str) -> Iterator[RawRow]:
@@ -720,10 +849,9 @@ def read_json_array(data: bytes, source_split: str, rel: str) -> Iterator[RawRow
 def read_multiwoz(src: RawSource, split: str) -> SplitRows:
     "The dialogue files of one split, with `dialog_acts.json` as the index."
     if src.hub:
-        base = f"https://raw.githubusercontent.com/{src.hub_id}/{src.revision or 'master'}/data/MultiWOZ_2.2"
-        rels = [f"{split}/dialogues_{i:03d}.json" for i in range(1, MULTIWOZ_FILES[split] + 1)]
-        files = [(rel, src.fetch(lambda u=f"{base}/{rel}": _url_file(u), rel)) for rel in rels]
-        acts_p = src.fetch(lambda: _url_file(f"{base}/dialog_acts.json"), "dialog_acts.json")
+        snap = src.fetch(lambda: url_snapshot(src, [f"{MULTIWOZ_DIR}/{r}" for r in multiwoz_files()]), MULTIWOZ_DIR)
+        files = [(r, snap / MULTIWOZ_DIR / r) for r in multiwoz_files() if r.startswith(f"{split}/")]
+        acts_p = snap / MULTIWOZ_DIR / "dialog_acts.json"
     else:
         files = [(f"{split}/{p.name}", p) for p in sorted((src.dir / split).glob("dialogues_*.json"))]
         if not files:
@@ -736,7 +864,8 @@ def read_multiwoz(src: RawSource, split: str) -> SplitRows:
 # %% ../nbs/01a_sources.ipynb #75108da9
 register_source(SourceSpec(
     name="multiwoz", display="MultiWOZ", language="en", track="multi", family="dialogue", style="task_dialogue",
-    hub_id="budzianowski/multiwoz", reader=read_multiwoz, adapter=adapt_multiwoz,
+    hub_id="https://github.com/budzianowski/multiwoz", reader=read_multiwoz, adapter=adapt_multiwoz,
+    hub_layout=multiwoz_repo,
     splits=[("train", "train"), ("dev", "val"), ("test", "test")]))
 
 # %% ../nbs/01a_sources.ipynb #4ae73ad4
@@ -759,6 +888,11 @@ def adapt_coig_cqia(row, ctx: AdaptContext) -> list[dict]:
                            "answer_from": src, "human_verified": row.get("human_verified")})]
 
 
+def coig_repo(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    "The fixture as the dataset repository holds it: one config per subset, its rows as split `train`."
+    return dataset_repo({s: {"train": f"{s}.jsonl"} for s in COIG_SUBSETS}, files)
+
+
 def read_coig_subset(src: RawSource, subset: str) -> SplitRows:
     "One subset: `<subset>.jsonl` locally, the `train` split of dataset config `<subset>` on the hub."
     return SplitRows(dataset_rows(src, subset, config=subset, hub_split="train"))
@@ -766,7 +900,7 @@ def read_coig_subset(src: RawSource, subset: str) -> SplitRows:
 # %% ../nbs/01a_sources.ipynb #f22de7aa
 register_source(SourceSpec(
     name="coig_cqia", display="COIG-CQIA", language="zh", track="single", family="assistant", style="assistant_like",
-    hub_id="m-a-p/COIG-CQIA", reader=read_coig_subset, adapter=adapt_coig_cqia,
+    hub_id="m-a-p/COIG-CQIA", reader=read_coig_subset, adapter=adapt_coig_cqia, hub_layout=coig_repo,
     splits=[(s, "hash3") for s in COIG_SUBSETS]))
 
 # %% ../nbs/01a_sources.ipynb #89a520ec
@@ -812,6 +946,13 @@ def _oasst_usable(m: Mapping) -> str | None:
     return None
 
 
+def _iso_time(v) -> str:
+    "A timestamp as ISO 8601 text, whether the row holds text (JSON lines) or a datetime (`datasets`; naive = UTC)."
+    if isinstance(v, datetime.datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=datetime.timezone.utc)).isoformat()
+    return str(v or "")
+
+
 def prepare_oasst2(rows: Sequence) -> dict:
     "message_id -> message, for the parent walk."
     return {r["message_id"]: r for r in rows if isinstance(r, Mapping) and isinstance(r.get("message_id"), str)}
@@ -836,7 +977,7 @@ def adapt_oasst2_zh(row, ctx: AdaptContext) -> list[dict]:
     return [ctx.make(id=f"oasst2-zh-{ctx.source_split}-{mid}", question=chain[0]["text"], history=hist,
                      answer=row["text"], group=tree,
                      meta={"message_tree_id": tree, "parent_id": row.get("parent_id"), "rank": row.get("rank"),
-                           "created_date": str(row.get("created_date") or ""), "review_count": row.get("review_count"),
+                           "created_date": _iso_time(row.get("created_date")), "review_count": row.get("review_count"),
                            "num_history_turns": len(hist)})]
 
 # %% ../nbs/01a_sources.ipynb #5a540375
@@ -949,6 +1090,11 @@ def read_dureader_zip(data: bytes,  # the archive
     yield from _flatten_articles(obj.get("data", []) if isinstance(obj, dict) else obj, source_split, label)
 
 
+def dureader_repo(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    "The fixture as the repository holds it: `dummy/<subset>/1.0.0/dummy_data.zip`."
+    return {f"dummy/{s}/1.0.0/dummy_data.zip": files[f"{s}/dummy_data.zip"] for s in ("checklist", "robust")}
+
+
 def read_dureader(src: RawSource, split: str) -> SplitRows:
     "Source split `<subset>/<train|validation>`: that member of `<subset>/dummy_data.zip`."
     subset, part = split.split("/")
@@ -958,7 +1104,7 @@ def read_dureader(src: RawSource, split: str) -> SplitRows:
 # %% ../nbs/01a_sources.ipynb #1aa4e592
 register_source(SourceSpec(
     name="dureader", display="DuReader", language="zh", track="single", family="qa", style="qa_search",
-    hub_id="luozhouyang/dureader", reader=read_dureader, adapter=adapt_dureader,
+    hub_id="luozhouyang/dureader", reader=read_dureader, adapter=adapt_dureader, hub_layout=dureader_repo,
     splits=[(f"{s}/{p}", "train" if p == "train" else "val") for s in ("checklist", "robust")
             for p in ("train", "validation")]))
 
@@ -974,6 +1120,10 @@ def check_data_config(d: DataConfig) -> None:
     if bad: raise ConfigError(f"unknown data source '{bad[0]}' (known: {', '.join(SOURCES)})")
     if d.source_mode not in ("tiny", "local", "hub"):
         raise ConfigError(f"data.source_mode must be tiny, local or hub, got '{d.source_mode}'")
+    missing = [s for s in configured_sources(d) if d.source_mode == "hub" and not d.revisions.get(s)]
+    if missing:
+        raise ConfigError(f"data.revisions has no revision for source '{missing[0]}': hub mode reads every source "
+                          f"at a pinned commit (`polyalign pin`); data.revisions.{missing[0]}=main reads a branch")
     if d.eli5_validation2 not in ("test", "val", "drop"):
         raise ConfigError(f"data.eli5_validation2 must be test, val or drop, got '{d.eli5_validation2}'")
     if not 0 < d.tiny_scale <= 1: raise ConfigError(f"data.tiny_scale must be in (0, 1], got {d.tiny_scale}")
@@ -986,6 +1136,31 @@ def check_data_config(d: DataConfig) -> None:
             raise ConfigError(f"data.bucket_fields: '{f}' is not a bucket field")
     hash_split("x", d.split_seed, SPLITS, d.split_ratios_3way)
     hash_split("x", d.split_seed, ("train", "val"), d.split_ratios_2way)
+
+# %% ../nbs/01a_sources.ipynb #a225a7a0
+def hub_files(source: SourceSpec | str) -> dict[str, bytes]:
+    "A source's tiny fixture laid out as its public repository: `spec.hub_layout`, a dataset repo, or as it is."
+    spec = SOURCES[source] if isinstance(source, str) else source
+    files = tiny_raw_files(spec)
+    if spec.hub_layout: return spec.hub_layout(files)
+    if spec.reader is read_dataset_split:
+        return dataset_repo({spec.hub_config or "default": {s: f"{s}.jsonl" for s, _ in spec.splits}}, files)
+    return dict(files)
+
+
+def build_hub_mirror(mirror_dir: str | Path, sources: Iterable[str] | None = None) -> dict[str, str]:
+    "Write the tiny fixtures of `sources` (default: all) as hub repositories under `mirror_dir`; {source: revision}."
+    out = {}
+    for name in (SOURCES if sources is None else sources):
+        out[name] = write_cached_repo(mirror_dir, repo_folder(SOURCES[name].hub_id), hub_files(name))
+    return out
+
+
+def unpinned_sources(cfg: RunConfig | DataConfig) -> list[str]:
+    "The sources a hub-mode run reads at no 40-hex commit (missing, or a branch such as `main`); [] in other modes."
+    d = cfg.data if isinstance(cfg, RunConfig) else cfg
+    if d.source_mode != "hub": return []
+    return [s for s in configured_sources(d) if not _COMMIT.fullmatch(str(d.revisions.get(s) or ""))]
 
 # %% ../nbs/01a_sources.ipynb #2f3641e3
 def reported_table1(path: str | Path | None = None):

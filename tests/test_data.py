@@ -1,4 +1,6 @@
-"""The tiny corpus end to end: determinism, no leakage across splits, errors that name the source, the hub path."""
+"""The tiny corpus end to end: determinism, no leakage across splits, errors that name the source.
+
+The hub path is tested against the local hub mirror in test_hub_mirror.py."""
 import json
 from pathlib import Path
 
@@ -8,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from polyalign.core import SPLITS, load_config, read_jsonl
 from polyalign.data import (answer_length, bucket_key, canonical_key, hash_split, hash_unit, length_bin, length_tokens,
-                            read_split, render_messages)
+                            near_duplicates, read_split, render_messages)
 from polyalign.sources import SOURCES, DataSourceError, build_corpus, tiny_raw_files
 
 
@@ -135,74 +137,6 @@ def test_missing_source_file_names_it(tmp_path):
         build_corpus(cfg)
 
 
-def _fake_hub(monkeypatch, calls):
-    "Serve the tiny fixtures through the hub entry points (datasets.load_dataset, hf_hub_download, DownloadManager)."
-    import datasets, huggingface_hub
-    by_id = {s.hub_id.rstrip("/"): s for s in SOURCES.values()}
-    files = {n: tiny_raw_files(n) for n in SOURCES}
-
-    def load_dataset(hub_id, config=None, revision=None, split=None):
-        calls.append(("load_dataset", hub_id, config, revision, split))
-        if hub_id not in by_id: raise FileNotFoundError(f"Dataset '{hub_id}' doesn't exist on the Hub")
-        name = by_id[hub_id].name
-        rel = f"{config}.jsonl" if name == "coig_cqia" else f"{split}.jsonl"
-        out = []
-        for line in files[name][rel].split(b"\n"):
-            try:
-                out.append(json.loads(line.decode()))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                pass
-        return out
-
-    def hf_hub_download(repo_id, filename, repo_type=None, revision=None):
-        calls.append(("hf_hub_download", repo_id, filename, revision))
-        name = by_id[repo_id].name
-        rel = filename.replace("dummy/", "").replace("/1.0.0/", "/")
-        p = Path(calls[0]) / name / rel
-        p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(files[name][rel])
-        return str(p)
-
-    class DM:
-        def download(self, url):
-            calls.append(("download", url))
-            if "MultiWOZ_2.2" in url:
-                name, rel = "multiwoz", url.split("MultiWOZ_2.2/")[1]
-            else:
-                name, rel = "eli5_category", url.rsplit("/", 1)[1]
-            p = Path(calls[0]) / name / rel
-            p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(files[name].get(rel, b"[]"))
-            return str(p)
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(datasets, "DownloadManager", DM)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-
-
-def test_hub_path_with_pinned_revisions(tiny, tmp_path, monkeypatch):
-    d, _ = tiny
-    calls = [str(tmp_path / "cache")]
-    _fake_hub(monkeypatch, calls)
-    cfg = _cfg(tmp_path / "run", "data.source_mode=hub", "data.revisions.dolly=abc123", "data.revisions.multiwoz=deadbeef",
-               "data.revisions.dureader=r1")
-    build_corpus(cfg)
-    assert ("load_dataset", "databricks/databricks-dolly-15k", None, "abc123", "train") in calls
-    assert ("load_dataset", "microsoft/ms_marco", "v1.1", None, "validation") in calls
-    assert any(c[0] == "load_dataset" and c[1] == "m-a-p/COIG-CQIA" and c[2] == "zhihu" for c in calls)
-    assert ("hf_hub_download", "luozhouyang/dureader", "dummy/robust/1.0.0/dummy_data.zip", "r1") in calls
-    assert any(c[0] == "download" and "/deadbeef/data/MultiWOZ_2.2/test/dialogues_002.json" in c[1] for c in calls)
-    hub, local = _splits(tmp_path / "run"), _splits(d)
-    for s in SPLITS:   # the same records as the local tiny build (hub rows lack the lines that are not JSON)
-        assert set(hub[s]["id"]) == set(local[s]["id"])
-
-
-def test_unknown_dataset_id_names_it(tmp_path, monkeypatch):
-    calls = [str(tmp_path / "cache")]
-    _fake_hub(monkeypatch, calls)
-    cfg = _cfg(tmp_path, "data.source_mode=hub", "data.sources=dolly", "data.hub_ids.dolly=nobody/missing")
-    with pytest.raises(DataSourceError, match=r"source 'dolly': cannot fetch .*'nobody/missing'"):
-        build_corpus(cfg)
-
-
 def test_table1_reported_side_by_side(tiny):
     from polyalign.sources import reported_table1, table1
     rep = reported_table1()
@@ -214,3 +148,24 @@ def test_table1_reported_side_by_side(tiny):
     assert (row["paper_train"], row["paper_val"], row["paper_count"]) == (15923, 1956, 17879) and pd.isna(row["paper_test"])
     tot = corpus.set_index("dataset").loc["Total (en)"]
     assert (tot["paper_train"], tot["paper_val"], tot["paper_test"]) == (584422, 55575, 53855)
+
+
+def test_near_duplicates_of_a_huge_identical_group_are_linear():
+    "4,000 identical formulaic turns plus a few near copies: one line per record and higher split, all correct."
+    splits = ("test", "val", "train")
+    rec = lambda i, s, a: {"id": f"r{i}", "split": s, "dataset": "dailydialog",
+                           "question": "How are you doing today?", "human_answer": a}
+    rows = [rec(i, splits[i % 3], "Fine, thank you. And you?") for i in range(4000)]
+    rows += [rec(4000, "train", "Fine, thank you. And you? Great."),
+             rec(4001, "val", "Something else entirely, about cooking.")]
+    pairs = near_duplicates(rows, threshold=0.5)
+    by_other = {}
+    for p in pairs: by_other.setdefault(p["other_id"], []).append((p["split"], p["id"], p["jaccard"]))
+    test_ids = {f"r{i}" for i in range(0, 4000, 3)}
+    assert test_ids.isdisjoint(by_other)                                  # test rows have no higher split
+    for i in range(1, 4000, 3): assert by_other[f"r{i}"] == [("test", "r0", 1.0)]
+    for i in range(2, 4000, 3): assert sorted(by_other[f"r{i}"]) == [("test", "r0", 1.0), ("val", "r1", 1.0)]
+    near = sorted(by_other["r4000"])                                      # a near copy is matched in both higher splits
+    assert [(s, i) for s, i, _ in near] == [("test", "r0"), ("val", "r1")] and all(0.5 <= j < 1 for *_, j in near)
+    assert "r4001" not in by_other
+    assert len(pairs) == 1333 + 2 * 1333 + 2                              # linear, not 1,333 x 2,667 pairs

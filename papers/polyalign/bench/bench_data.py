@@ -1,4 +1,5 @@
-"""Data benchmark: normalise + length/bucket + exact dedup (leakage guard) + MinHash near-dup over 700k synthetic records."""
+"""Data benchmark: normalise + length/bucket + exact dedup (leakage guard) + MinHash near-dup over 700k synthetic
+records, and the near-duplicate pass on its worst-case groups (4,000 identical rows; 4,000 rows of one template)."""
 import os
 import platform
 import random
@@ -59,6 +60,32 @@ def synthetic_raw(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+GROUP_N = 4000
+
+
+def worst_case_groups(n: int = GROUP_N) -> dict[str, list[dict]]:
+    """The near-duplicate pass's worst cases, as formulaic dialogue turns: `n` identical rows, and `n` rows of one
+    template that differ in one word (all distinct, all in one LSH bucket); splits rotate test / val / train."""
+    def rec(i, q, a):
+        return {"id": f"g{i}", "dataset": "dailydialog", "split": ("test", "val", "train")[i % 3], "language": "en",
+                "question": q, "human_answer": a}
+    names = [f"{a}{b}" for a in EN_WORDS[:80] for b in EN_WORDS[80:160]]
+    return {"identical": [rec(i, "How are you doing today?", "Fine, thank you. And you?") for i in range(n)],
+            "one template": [rec(i, "How are you doing today?", f"Fine, thank you {names[i]}. And you?")
+                             for i in range(n)]}
+
+
+def time_worst_case_groups() -> list[tuple[str, float, int]]:
+    "(case, seconds, pairs) of `near_duplicates` on each worst-case group."
+    from polyalign.core import DataConfig
+    from polyalign.data import near_duplicates
+    cfg, out = DataConfig(), []
+    for name, recs in worst_case_groups().items():
+        t0 = time.perf_counter(); pairs = near_duplicates(recs, cfg.near_dup_threshold, cfg.near_dup_num_perm)
+        out.append((name, time.perf_counter() - t0, len(pairs)))
+    return out
+
+
 def main() -> Path:
     from polyalign.core import DataConfig
     from polyalign.data import answer_length, bucket_key, dedup_records, near_duplicates, normalize_text
@@ -80,15 +107,23 @@ def main() -> Path:
     rows.append((f"MinHash near-dup across splits, {cfg.near_dup_num_perm} perms ({len(pairs):,} pairs)", time.perf_counter() - t0))
     total = time.perf_counter() - t_all
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    groups = time_worst_case_groups()
     out = HERE / "data.md"
     lines = ["# Data benchmark", "",
              f"{N:,} synthetic records shaped like the paper's corpus (85% en, 15% zh; answers ~70% short / 18% medium / 9% long / 3% xlong; "
              f"contexts on 40%, histories on 20%; 5% exact and 1% near copies across splits). "
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, single process. "
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, single process; "
+             f"load average at the end {os.getloadavg()[1]:.1f} (other jobs inflate the times). "
              f"Generating the records (not timed) took {gen_s:.1f} s.", "",
              "| step | time |", "|---|---|", *[f"| {a} | {b:.1f} s |" for a, b in rows],
              f"| **total** (target: at most 120 s) | **{total:.1f} s** |", "",
-             f"Peak RSS of the process: {peak:,.0f} MiB ({rss_gen:,.0f} MiB after generating the records; target: under 4 GB).", ""]
+             f"Peak RSS of the process: {peak:,.0f} MiB ({rss_gen:,.0f} MiB after generating the records; target: under 4 GB).", "",
+             "## Worst-case near-duplicate groups", "",
+             f"{GROUP_N:,} formulaic dialogue turns in one LSH group, splits rotating test / val / train: identical rows "
+             "(collapsed to one signature before LSH), and rows of one template differing in one word (distinct "
+             "signatures in one bucket, bounded by the comparison window). Before the bound, the identical group took 209 s.", "",
+             "| group | `near_duplicates` (target: under 5 s) | lines reported |", "|---|---|---|",
+             *[f"| {GROUP_N:,} rows, {a} | {b:.2f} s | {c:,} |" for a, b, c in groups], ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
 
