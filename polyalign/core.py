@@ -14,6 +14,7 @@ import platform
 import random
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -35,10 +36,10 @@ __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE
            'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
            'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
            'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
-           'write_parquet', 'read_parquet', 'hub_cache_repo', 'hub_cache_dir_repo', 'derive_seed', 'seed_everything',
-           'package_versions', 'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current',
-           'StageResult', 'run_stage', 'parse_overrides', 'caller_path', 'stage_config', 'run_path', 'model_slug',
-           'base_model_path', 'core_stage']
+           'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
+           'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
+           'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
+           'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -733,38 +734,51 @@ def read_parquet(path: str | Path):
     return pd.read_parquet(path)
 
 # %% ../nbs/00_core.ipynb #01515887
-def hub_cache_repo(files: dict[str, str | Path | bytes],  # path inside the repo -> a file to copy or its bytes
-                   repo_id: str,  # `org/name`, as on the hub
-                   cache_dir: str | Path,  # the mirror root (what `HF_HUB_CACHE` or `cache_dir=` points at)
-                   repo_type: str = "model",  # model or dataset
-                   branch: str = "main") -> str:  # the ref that points at the new commit
-    "Write `files` as one commit of `repo_id` in the huggingface_hub cache layout; returns the 40-hex commit id."
-    if repo_type not in ("model", "dataset"): raise ValueError(f"repo_type must be model or dataset, got {repo_type!r}")
-    if repo_id.count("/") != 1: raise ValueError(f"repo_id must be org/name, got {repo_id!r}")
-    blobs = {rel: (Path(f).read_bytes() if not isinstance(f, bytes) else f) for rel, f in sorted(files.items())}
-    digests = {rel: hashlib.sha256(b).hexdigest() for rel, b in blobs.items()}
-    commit = hashlib.sha1(_canonical(digests).encode()).hexdigest()
-    repo = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    for rel, data in blobs.items():
-        blob = repo / "blobs" / digests[rel]
-        if not blob.exists():
+def git_blob_id(data: bytes) -> str:
+    "The git blob SHA-1 of `data` (how the hub names a regular file's blob)."
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def content_revision(files: typing.Mapping[str, bytes]) -> str:
+    "A 40-hex revision fixed by the files' paths and contents: the mirror's commit id, and the pin of a plain URL."
+    h = hashlib.sha1()
+    for path in sorted(files): h.update(f"{path}\0{git_blob_id(files[path])}\n".encode())
+    return h.hexdigest()
+
+
+def write_cached_repo(cache: str | Path,  # the hub cache directory
+                      folder: str,  # the repository's folder (`repo_folder`)
+                      files: typing.Mapping[str, bytes],  # path in the repository -> content
+                      revision: str | None = None,  # the revision to write; None = `content_revision(files)`
+                     ) -> str:
+    "Write `files` as one revision of a repository in the hub cache layout, `refs/main` pointing to it; its revision."
+    rev, root = revision or content_revision(files), Path(cache) / folder
+    for path, data in sorted(files.items()):
+        blob = root / "blobs" / git_blob_id(data)
+        if not blob.is_file():
             with atomic_path(blob) as tmp: tmp.write_bytes(data)
-        link = repo / "snapshots" / commit / rel
+        link = root / "snapshots" / rev / path
         link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists(): link.symlink_to(os.path.relpath(blob, link.parent))
-    atomic_write_text(repo / "refs" / branch, commit)
-    return commit
+        link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:   # no symlinks on this file system: a copy, as the hub client makes there
+            shutil.copyfile(blob, link)
+    with atomic_path(root / "refs" / "main") as tmp: tmp.write_text(rev)
+    return rev
 
 
 def hub_cache_dir_repo(src: str | Path,  # a folder, e.g. what `save_pretrained` wrote
                        repo_id: str,  # `org/name`
                        cache_dir: str | Path,  # the mirror root
                        repo_type: str = "model") -> str:  # model or dataset
-    "`hub_cache_repo` for every file under a directory (e.g. a `save_pretrained` folder); returns the commit."
+    "Every file under a folder as one revision of hub repository `repo_id` in the mirror; returns the revision."
+    if repo_type not in ("model", "dataset"): raise ValueError(f"repo_type must be model or dataset, got {repo_type!r}")
+    if repo_id.count("/") != 1: raise ValueError(f"repo_id must be org/name, got {repo_id!r}")
     src = Path(src)
-    files = {str(p.relative_to(src)): p for p in sorted(src.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
     if not files: raise FileNotFoundError(f"no files to mirror under {src}")
-    return hub_cache_repo(files, repo_id, cache_dir, repo_type)
+    return write_cached_repo(cache_dir, f"{repo_type}s--{repo_id.replace('/', '--')}", files)
 
 # %% ../nbs/00_core.ipynb #4f6891ba
 def derive_seed(seed: int, *names) -> int:

@@ -261,7 +261,7 @@ def info(profile: str = "tiny", sets: list[str] | None = None) -> str:
 @dataclass(frozen=True)
 class RemoteArtifact:
     "Something a run loads from the hub: a model or a dataset, by id, at a revision ('' = unpinned)."
-    kind: str  # model or dataset
+    kind: str  # model, dataset, or url (files at a URL: a GitHub repository at a commit, or a content-pinned URL)
     repo_id: str
     revision: str
     used_by: str  # the config key that names it
@@ -292,8 +292,7 @@ def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
         from polyalign.sources import SOURCES, configured_sources
         for name in configured_sources(cfg.data):
             repo = cfg.data.hub_ids.get(name) or SOURCES[name].hub_id
-            if repo.startswith(("http://", "https://")): continue   # files at a URL, not a hub repository
-            out.append(RemoteArtifact("dataset", repo, cfg.data.revisions.get(name, ""), f"data.sources.{name}",
+            out.append(RemoteArtifact("url" if "://" in repo else "dataset", repo, cfg.data.revisions.get(name, ""), f"data.sources.{name}",
                                       f"data.revisions.{name}"))
     first: dict[tuple[str, str], RemoteArtifact] = {}
     for a in out: first.setdefault((a.kind, a.repo_id), a)   # one entry per repository, under its first use
@@ -358,6 +357,12 @@ def artifact_check(a: RemoteArtifact, online: bool) -> Check:
     Offline: its files at that revision are in the local cache."""
     from huggingface_hub import HfApi, snapshot_download
     name = f"{a.kind} {a.repo_id}@{a.revision[:12] or 'unpinned'}"
+    if a.kind == "url":
+        from polyalign.sources import hub_cache, repo_folder
+        cached = bool(a.revision) and (hub_cache() / repo_folder(a.repo_id) / "snapshots" / a.revision).is_dir()
+        return Check(name, online or cached,
+                     "in the local hub cache" if cached else "fetched at this pin by the data stage",
+                     "run where the URL is reachable, or fill the hub cache with these files")
     try:
         if online:
             info = (HfApi().model_info if a.kind == "model" else HfApi().dataset_info)(a.repo_id,
@@ -492,6 +497,10 @@ def pin(profile: str, sets: list[str] | None = None, api=None) -> Path:
     path = pins_path(Path(profile) if Path(profile).is_file() else config_dir() / f"{profile}.yaml")
     pins = read_yaml(path) if path.is_file() else {}
     for a in remote_artifacts(cfg):
+        if a.kind == "url":   # no hub API: a GitHub commit or the files' content revision is set by hand
+            log.warning("pin: %s is a URL; set %s yourself (a git commit, or the content revision of its files)",
+                        a.repo_id, a.config_key)
+            continue
         sha = (api.model_info if a.kind == "model" else api.dataset_info)(a.repo_id).sha
         section, *rest = a.config_key.split(".")
         if a.config_key == "features.scorer_revision": pins.setdefault("features", {})["scorer_revision"] = sha

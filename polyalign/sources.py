@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-from .core import (LANGUAGES, SPLITS, ConfigError, DataConfig, RunConfig, StageResult, atomic_path, log,
+from .core import (LANGUAGES, SPLITS, ConfigError, content_revision, git_blob_id, write_cached_repo, DataConfig, RunConfig, StageResult, atomic_path, log,
                             project_root, run_path, run_stage, write_json, write_jsonl, write_parquet, write_table)
 from .data import (FAMILIES, RECORD_FIELDS, SCHEMA_VERSION, SPLIT_PRECEDENCE, STYLES, TRACKS, answer_length,
                             bucket_key, canonical_text, dedup_records, hash_split, length_bin, length_tokens,
@@ -31,17 +31,16 @@ from .data import (FAMILIES, RECORD_FIELDS, SCHEMA_VERSION, SPLIT_PRECEDENCE, ST
 __all__ = ['SPLIT_POLICIES', 'SOURCES', 'FIXTURES', 'ELI5_FILES', 'MULTIWOZ_FILES', 'MULTIWOZ_DIR', 'COIG_SUBSETS', 'RowError',
            'DataSourceError', 'get_field', 'get_text', 'get_texts', 'SourceSpec', 'AdaptContext', 'register_source',
            'RawRow', 'read_jsonl_rows', 'SplitRows', 'hub_cache', 'hub_offline', 'RawSource', 'dataset_rows',
-           'read_dataset_split', 'git_blob_id', 'content_revision', 'repo_folder', 'write_cached_repo', 'url_base',
-           'url_snapshot', 'dataset_repo', 'raw_source', 'source_parts', 'SourceResult', 'rejection', 'adapt_rows',
-           'adapt_source', 'fixture_dir', 'tiny_raw_files', 'write_tiny_raw', 'fixture_rows', 'adapt_dolly',
-           'adapt_eli5', 'read_eli5_files', 'split_eou', 'adapt_dailydialog', 'read_dailydialog_zip',
-           'read_dailydialog', 'adapt_ms_marco', 'adapt_coqa', 'adapt_squad_v2', 'adapt_natural_questions',
-           'adapt_multiwoz', 'multiwoz_files', 'multiwoz_repo', 'read_json_array', 'read_multiwoz', 'adapt_coig_cqia',
-           'coig_repo', 'read_coig_subset', 'adapt_hc3_chinese', 'read_hc3', 'prepare_oasst2', 'adapt_oasst2_zh',
-           'adapt_cmrc2018', 'adapt_drcd', 'adapt_dureader', 'read_dureader_zip', 'dureader_repo', 'read_dureader',
-           'configured_sources', 'check_data_config', 'hub_files', 'build_hub_mirror', 'unpinned_sources',
-           'reported_table1', 'table1', 'shared_contexts', 'adapt_sources', 'drop_near_duplicates', 'corpus_report',
-           'build_corpus', 'data_stage']
+           'read_dataset_split', 'repo_folder', 'url_base', 'url_snapshot', 'dataset_repo', 'raw_source',
+           'source_parts', 'SourceResult', 'rejection', 'adapt_rows', 'adapt_source', 'fixture_dir', 'tiny_raw_files',
+           'write_tiny_raw', 'fixture_rows', 'adapt_dolly', 'adapt_eli5', 'read_eli5_files', 'split_eou',
+           'adapt_dailydialog', 'read_dailydialog_zip', 'read_dailydialog', 'adapt_ms_marco', 'adapt_coqa',
+           'adapt_squad_v2', 'adapt_natural_questions', 'adapt_multiwoz', 'multiwoz_files', 'multiwoz_repo',
+           'read_json_array', 'read_multiwoz', 'adapt_coig_cqia', 'coig_repo', 'read_coig_subset', 'adapt_hc3_chinese',
+           'read_hc3', 'prepare_oasst2', 'adapt_oasst2_zh', 'adapt_cmrc2018', 'adapt_drcd', 'adapt_dureader',
+           'read_dureader_zip', 'dureader_repo', 'read_dureader', 'configured_sources', 'check_data_config',
+           'hub_files', 'build_hub_mirror', 'unpinned_sources', 'reported_table1', 'table1', 'shared_contexts',
+           'adapt_sources', 'drop_near_duplicates', 'corpus_report', 'build_corpus', 'data_stage']
 
 # %% ../nbs/01a_sources.ipynb #23b7bf25
 class RowError(ValueError):
@@ -338,44 +337,10 @@ def read_dataset_split(src: RawSource, split: str) -> SplitRows:
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def git_blob_id(data: bytes) -> str:
-    "The git blob SHA-1 of `data` (how the hub names a regular file's blob)."
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def content_revision(files: Mapping[str, bytes]) -> str:
-    "A 40-hex revision fixed by the files' paths and contents: the mirror's commit id, and the pin of a plain URL."
-    h = hashlib.sha1()
-    for path in sorted(files): h.update(f"{path}\0{git_blob_id(files[path])}\n".encode())
-    return h.hexdigest()
-
-
 def repo_folder(hub_id: str) -> str:
     "The cache folder of a source: `datasets--<org>--<name>` for a hub dataset, `urls--<host>--<path>` for a URL."
     if "://" in hub_id: return "urls--" + re.sub(r"[^A-Za-z0-9._-]+", "--", hub_id.split("://", 1)[1].strip("/"))
     return "datasets--" + hub_id.replace("/", "--")
-
-
-def write_cached_repo(cache: str | Path,  # the hub cache directory
-                      folder: str,  # the repository's folder (`repo_folder`)
-                      files: Mapping[str, bytes],  # path in the repository -> content
-                      revision: str | None = None,  # the revision to write; None = `content_revision(files)`
-                     ) -> str:
-    "Write `files` as one revision of a repository in the hub cache layout, `refs/main` pointing to it; its revision."
-    rev, root = revision or content_revision(files), Path(cache) / folder
-    for path, data in sorted(files.items()):
-        blob = root / "blobs" / git_blob_id(data)
-        if not blob.is_file():
-            with atomic_path(blob) as tmp: tmp.write_bytes(data)
-        link = root / "snapshots" / rev / path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        try:
-            link.symlink_to(os.path.relpath(blob, link.parent))
-        except OSError:   # no symlinks on this file system: a copy, as the hub client makes there
-            shutil.copyfile(blob, link)
-    with atomic_path(root / "refs" / "main") as tmp: tmp.write_text(rev)
-    return rev
 
 
 def url_base(hub_id: str, revision: str) -> str:
