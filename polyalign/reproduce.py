@@ -292,7 +292,8 @@ def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
         from polyalign.sources import SOURCES, configured_sources
         for name in configured_sources(cfg.data):
             repo = cfg.data.hub_ids.get(name) or SOURCES[name].hub_id
-            out.append(RemoteArtifact("url" if "://" in repo else "dataset", repo, cfg.data.revisions.get(name, ""), f"data.sources.{name}",
+            out.append(RemoteArtifact("url" if "://" in repo else "dataset", repo, cfg.data.revisions.get(name, ""),
+                                      f"data.sources.{name}",
                                       f"data.revisions.{name}"))
     first: dict[tuple[str, str], RemoteArtifact] = {}
     for a in out: first.setdefault((a.kind, a.repo_id), a)   # one entry per repository, under its first use

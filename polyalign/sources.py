@@ -21,7 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-from .core import (LANGUAGES, SPLITS, ConfigError, content_revision, git_blob_id, write_cached_repo, DataConfig, RunConfig, StageResult, atomic_path, log,
+from .core import (LANGUAGES, SPLITS, ConfigError, content_revision, git_blob_id, write_cached_repo,
+                            DataConfig, RunConfig, StageResult, atomic_path, log,
                             project_root, run_path, run_stage, write_json, write_jsonl, write_parquet, write_table)
 from .data import (FAMILIES, RECORD_FIELDS, SCHEMA_VERSION, SPLIT_PRECEDENCE, STYLES, TRACKS, answer_length,
                             bucket_key, canonical_text, dedup_records, hash_split, length_bin, length_tokens,
