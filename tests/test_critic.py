@@ -172,3 +172,47 @@ def test_bad_inputs():
                                                                                   np.array([])), None, CriticConfig())
     with pytest.raises(Exception, match="unknown critic.kind"):
         new_critic(CriticConfig(kind="svm"), ["a"], features=["f"])
+
+
+@pytest.fixture(scope="module")
+def critic_run(tmp_path_factory):
+    """A tiny run from plain Python up to the critic: core, data (a tenth of each fixture) and features stages, and
+    copies of the tiny base model standing in for the Bucket-SFT checkpoints (the critic only generates with them)."""
+    import shutil
+    from polyalign.core import core_stage, load_config, run_path
+    from polyalign.features import features_stage
+    from polyalign.sources import data_stage
+    cfg = load_config("tiny", {"run_dir": str(tmp_path_factory.mktemp("criticrun") / "tiny"), "data.tiny_scale": 0.1,
+                               "features.lm_features": False, "features.min_bucket_count": 3,
+                               "critic.max_train_prompts": 40, "critic.max_epochs": 3})
+    core_stage(cfg); data_stage(cfg); features_stage(cfg)
+    for lang in cfg.sft.languages:
+        shutil.copytree(run_path(cfg, "models", "tiny"), run_path(cfg, "checkpoints", "tiny", f"bucket_sft-{lang}", "final"))
+    return cfg
+
+
+def test_critic_stage_from_plain_python(critic_run):
+    from pathlib import Path
+    from polyalign.core import file_hash, read_jsonl, read_manifest
+    from polyalign.critic import critic_dir, critic_stage, load_critic
+    cfg, run = critic_run, Path(critic_run.run_dir)
+    res = critic_stage(cfg)
+    rec = read_manifest(run)["stages"]["critic/tiny"]
+    assert list(res.records) == ["critic/tiny"] and rec["status"] == "done" and rec["last_action"] == "ran"
+    assert rec["sections"] == ["seed", "models", "data", "features", "sft", "generate", "critic"]
+    assert set(rec["inputs"]) == {"features/references.parquet", "data/train.parquet", "data/val.parquet",
+                                  "features/train.parquet", "features/val.parquet",
+                                  "checkpoints/tiny/bucket_sft-en/final", "checkpoints/tiny/bucket_sft-zh/final"}
+    assert set(rec["outputs"]) == {"generations/train/tiny/bucket_sft.jsonl", "generations/val/tiny/bucket_sft.jsonl",
+                                   "critic/tiny", "critic/tiny/training_summary.json"}
+    for rel, h in rec["outputs"].items(): assert h == file_hash(run / rel), rel
+    counts = rec["critic"]["counts"]
+    assert counts["train"]["records"] == 40                                  # critic.max_train_prompts
+    assert rec["rows"]["in"] == counts["train"]["records"] + counts["val"]["records"]
+    assert rec["rows"]["in"] - rec["rows"]["out"] == rec["rows"]["rejected"]
+    answered = {r["id"] for r in read_jsonl(run / "generations" / "val" / "tiny" / "bucket_sft.jsonl")}
+    assert len(answered) == counts["val"]["records"]
+    critic = load_critic(cfg, "tiny")
+    assert critic_dir(cfg, "tiny") == run / "critic" / "tiny" and critic.kind == "mlp"
+    assert res.records["critic/tiny"]["critic"]["best_epoch"] <= 3
+    assert critic_stage(cfg).records["critic/tiny"]["last_action"] == "skipped"

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import polyalign.features as F
+from polyalign.core import LANGUAGES
 from polyalign.features import (FEATURE_CATALOGUE, LM_FEATURE_NAMES, TEXT_FEATURE_NAMES, TEXT_FEATURES, FeatureMatrix,
                                 FeatureResourceError, References, extract_features, fit_references, text_features)
 
@@ -30,13 +31,13 @@ def check_row(d: dict, lang: str):
         elif kind == "flag": assert v in (0.0, 1.0), (k, v)
 
 
-@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("text", EDGE)
 def test_edge_cases_finite_and_in_range(text, lang):
     check_row(text_features(text, lang), lang)
 
 
-@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("lang", LANGUAGES)
 def test_empty_text_is_all_zero(lang):
     assert all(v == 0.0 for v in text_features("", lang).values())
 
@@ -57,7 +58,7 @@ _MIXED_ALPHABET = st.sampled_from(list("abcXYZ 012,.!?'\"-\n\t。，！？；：
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_MIXED_ALPHABET, max_size=300).map("".join), st.sampled_from(["en", "zh"]))
+@given(st.lists(_MIXED_ALPHABET, max_size=300).map("".join), st.sampled_from(LANGUAGES))
 def test_mixed_en_zh_punctuation_heavy(text, lang):
     check_row(text_features(text, lang), lang)
 
@@ -65,7 +66,7 @@ def test_mixed_en_zh_punctuation_heavy(text, lang):
 def test_one_megabyte_string():
     unit = "The committee met on 3 May 2024, and I can't say it's over! 委员会于2024年5月3日开会，我们不能说结束了。🙂\n"
     text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
-    for lang in ("en", "zh"):
+    for lang in LANGUAGES:
         d = text_features(text, lang)
         check_row(d, lang)
         assert d["char_count"] == 1_000_000

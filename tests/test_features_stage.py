@@ -1,13 +1,19 @@
-"""The `features` stage through `polyalign reproduce`, on a synthetic corpus in the data stage's schema."""
+"""The `features` stage: through `polyalign reproduce` on a synthetic corpus in the data stage's schema, and as
+`features.features_stage(cfg)` from plain Python (no papermill) on a tiny run."""
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from polyalign.core import write_parquet
-from polyalign.features import LM_FEATURE_NAMES, TEXT_FEATURE_NAMES, References
+from polyalign.core import SPLITS, core_stage, file_hash, load_config, read_manifest, write_parquet
+from polyalign.features import LM_FEATURE_NAMES, TEXT_FEATURE_NAMES, References, features_stage
+
+FEATURE_OUTPUTS = {"features/train.parquet", "features/val.parquet", "features/test.parquet",
+                   "features/references.parquet", "features/catalogue.json"}
 
 EN = ["The capital of France is Paris.", "I think you should try restarting it first, then check the logs!",
       "Water boils at 100 degrees Celsius at sea level. At altitude it boils at a lower temperature.",
@@ -48,8 +54,7 @@ def run(polyalign_cli, tmp_path_factory):
 def test_stage_writes_matrices_and_references(run):
     m = json.loads((run / "manifest.json").read_text())["stages"]["features"]
     assert m["status"] == "done" and m["rows"] == {"in": 200, "out": 200, "rejected": 0}
-    assert set(m["outputs"]) == {"features/train.parquet", "features/val.parquet", "features/test.parquet",
-                                 "features/references.parquet", "features/catalogue.json"}
+    assert set(m["outputs"]) == FEATURE_OUTPUTS
     assert set(m["inputs"]) >= {"data/train.parquet", "data/val.parquet", "data/test.parquet", "models/tiny"}
     for s, n in (("train", 130), ("val", 30), ("test", 40)):
         df = pd.read_parquet(run / "features" / f"{s}.parquet")
@@ -66,6 +71,19 @@ def test_stage_writes_matrices_and_references(run):
     assert dict(zip(refs.buckets, refs.eligible.tolist())) == {"en|multi|chat|short": True, "en|single|qa|short": True,
                                                                "zh|multi|chat|short": True, "zh|single|qa|short": True}
     assert (run / "notebooks" / "02_features.ipynb").is_file()
+
+
+def test_plain_python_call_gives_the_papermill_artifacts(run, tmp_path):
+    "features_stage(cfg) from Python on the same inputs writes the same files, byte for byte, as the papermill run."
+    here = tmp_path / "tiny"
+    for d in ("data", "models"): shutil.copytree(run / d, here / d)
+    res = features_stage(load_config("tiny", {"run_dir": str(here)}))
+    theirs = json.loads((run / "manifest.json").read_text())["stages"]["features"]
+    ours = res.records["features"]
+    assert ours["outputs"] == theirs["outputs"] and ours["inputs"] == theirs["inputs"]
+    assert ours["config_hash"] == theirs["config_hash"] and ours["rows"] == theirs["rows"]
+    for rel in FEATURE_OUTPUTS:
+        assert (here / rel).read_bytes() == (run / rel).read_bytes(), rel
 
 
 def test_changing_test_answers_leaves_references_unchanged(polyalign_cli, run):
@@ -88,3 +106,48 @@ def test_missing_data_fails_with_a_message(polyalign_cli, tmp_path):
     r = _reproduce(polyalign_cli, tmp_path / "nodata")
     assert r.returncode != 0
     assert "stage 'features' failed" in r.stderr and "02_features" in r.stderr
+
+
+def _data_stage(cfg):
+    "The data stage from Python (`sources.data_stage`; `data.build_corpus` where sources is not split out yet)."
+    try:
+        from polyalign.sources import data_stage
+    except ImportError:
+        from polyalign.data import build_corpus
+        return build_corpus(cfg)
+    return data_stage(cfg)
+
+
+@pytest.fixture(scope="module")
+def py_run(tmp_path_factory):
+    "A tiny run (a tenth of each fixture, LM features on) with its core and data stages run from Python."
+    cfg = load_config("tiny", {"run_dir": str(tmp_path_factory.mktemp("pyrun") / "tiny"), "data.tiny_scale": 0.1})
+    core_stage(cfg)
+    _data_stage(cfg)
+    return cfg
+
+
+def test_features_stage_from_plain_python(py_run):
+    cfg, run = py_run, Path(py_run.run_dir)
+    n = {s: len(pd.read_parquet(run / "data" / f"{s}.parquet")) for s in SPLITS}
+    res = features_stage(cfg)
+    rec = read_manifest(run)["stages"]["features"]
+    assert rec["status"] == "done" and rec["last_action"] == "ran"
+    assert rec["sections"] == ["seed", "features", "models"]
+    assert rec["rows"] == {"in": sum(n.values()), "out": sum(n.values()), "rejected": 0}
+    assert rec["features"]["rows_per_split"] == n and rec["features"]["scorer"] == "tiny"
+    assert set(rec["inputs"]) == {"data/train.parquet", "data/val.parquet", "data/test.parquet", "models/tiny"}
+    assert set(rec["outputs"]) == FEATURE_OUTPUTS
+    for rel, h in {**rec["inputs"], **rec["outputs"]}.items():           # every input and output is hashed
+        assert h == file_hash(run / rel), rel
+    assert res.records["features"]["outputs"] == rec["outputs"]            # what the function returns is what it recorded
+    assert sorted(map(str, res.outputs)) == sorted(str(run / rel) for rel in rec["outputs"])
+    assert (res.rows_in, res.rows_out, res.rows_rejected) == (sum(n.values()), sum(n.values()), 0)
+    for s in SPLITS:
+        df = pd.read_parquet(run / "features" / f"{s}.parquet")
+        assert df["id"].tolist() == pd.read_parquet(run / "data" / f"{s}.parquet")["id"].tolist()
+        assert list(df.columns) == ["id", *TEXT_FEATURE_NAMES, *LM_FEATURE_NAMES]
+    refs = References.load(run / "features" / "references.parquet")
+    assert refs.meta["splits"] == ["train"] and refs.meta["rows"] == n["train"] and refs.meta["scorer"] == "tiny"
+    again = features_stage(cfg).records["features"]                          # current: skipped, outputs untouched
+    assert again["last_action"] == "skipped" and again["outputs"] == rec["outputs"]
