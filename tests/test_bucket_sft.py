@@ -1,4 +1,5 @@
-"""Bucket-SFT trainer: Eq. 1 by hand, gradient-accumulation invariance, fp32 weights under bf16, resume, bad input."""
+"""Bucket-SFT trainer: Eq. 1 by hand, gradient-accumulation invariance, fp32 weights under bf16, resume, bad input;
+the shared trainer layer (per-example columns, arguments, LoRA); the stage helpers."""
 import numpy as np
 import pytest
 import torch
@@ -6,11 +7,12 @@ from datasets import Dataset
 from hypothesis import given, settings, strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from polyalign.bucket_sft import (BucketSFTConfig, BucketSFTTrainer, bucket_masses, bucket_weights, example_weights,
-                                  fit_train_records, macro_risk, make_sft_trainer, per_example_token_nll, sft_dataset,
-                                  weighted_risk)
-from polyalign.core import SFTStageConfig
-from polyalign.core import TinyModelSpec, build_tiny
+from polyalign.bucket_sft import (BUCKET_WEIGHTED, BucketSFTConfig, BucketSFTTrainer, ExtraColumnsCollator,
+                                  bucket_masses, bucket_weights, example_weights, fit_train_records, lora_config,
+                                  macro_risk, make_sft_trainer, per_example_token_nll, sft_arguments, sft_dataset,
+                                  training_summary, weighted_risk)
+from polyalign.core import PreferenceConfig, SFTStageConfig, TinyModelSpec, methods_for
+from polyalign.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +90,18 @@ def test_resume_continues_at_the_right_step(tiny, tmp_path):
 def test_unsupervised_examples_are_counted(tiny, tmp_path):
     ds = toy(3)
     long_prompt = [{"role": "user", "content": "很长的问题 " * 200}]
-    ds = ds.add_item({"id": "long", "weight": 1.0, "prompt": long_prompt, "completion": [{"role": "assistant", "content": "x"}]})
+    ds = ds.add_item({"id": "long", "weight": 1.0, "prompt": long_prompt,
+                      "completion": [{"role": "assistant", "content": "x"}]})
     tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=2, max_steps=1, max_length=48)
     assert tr.skipped_unsupervised == 1 and len(tr.train_dataset) == 3
 
 
 def _records():
-    base = dict(language="en", track="single", family="qa", style_bucket="", length_bin="short", dialogue_history=[], meta={})
+    base = dict(language="en", track="single", family="qa", style_bucket="", length_bin="short", dialogue_history=[],
+                meta={})
     long_ctx = " ".join(f"sentence{i} of the passage." for i in range(300))
-    return [{**base, "id": "long", "bucket_id": "en|single|qa|short", "question": "What is said last?", "context": long_ctx,
+    return [{**base, "id": "long", "bucket_id": "en|single|qa|short", "question": "What is said last?",
+             "context": long_ctx,
              "human_answer": "The passage ends with sentence299."},
             {**base, "id": "short", "bucket_id": "en|single|qa|medium", "question": "Why?", "context": "Because.",
              "human_answer": "Because it is so."}]
@@ -114,11 +119,13 @@ def test_long_context_is_cut_so_the_answer_is_trained(tiny, tmp_path):
     assert recs[0]["context"].endswith(kept) and 0 < len(kept) < len(recs[0]["context"])   # cut from the left
     assert kept.endswith("sentence299 of the passage.") and fitted[0]["question"] == recs[0]["question"]
     sft = SFTStageConfig(max_length=256, per_device_batch_size=2, examples_per_step=2)
-    for method in ("full_sft", "bucket_sft"):
-        raw = make_sft_trainer(method, d, sft_dataset(recs, render), sft, tmp_path / f"raw-{method}", seed=0)
-        cut = make_sft_trainer(method, d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{method}", seed=0)
+    for weighted in (False, True):
+        raw = make_sft_trainer(d, sft_dataset(recs, render), sft, tmp_path / f"raw-{weighted}", weighted=weighted,
+                               seed=0)
+        cut = make_sft_trainer(d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{weighted}", weighted=weighted,
+                               seed=0)
         # uncut, the answer lies past max_length and the example is dropped (and counted, by both trainers alike)
-        assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), method
+        assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), weighted
     with pytest.raises(ValueError, match="answer_share"):
         fit_train_records(recs, tok, render, max_length=128, answer_share=1.5)
 
@@ -130,6 +137,8 @@ def test_bad_inputs(tiny, tmp_path):
         trainer(tiny, toy(4).remove_columns("weight"), tmp_path, per_device_train_batch_size=2, max_steps=1)
     with pytest.raises(ValueError, match="finite and > 0"):
         trainer(tiny, toy(4, [1.0, float("nan"), 1.0, 1.0]), tmp_path, per_device_train_batch_size=2, max_steps=1)
+    with pytest.raises(ValueError, match=r"finite and > 0 \(bad rows: \[2\]\)"):
+        trainer(tiny, toy(4, [1.0, 1.0, 0.0, 1.0]), tmp_path, per_device_train_batch_size=2, max_steps=1)
     with pytest.raises(KeyError, match="missing from the weight table"):
         example_weights(["en|single|qa|short", "zh|multi|chat|long"], {"en|single|qa|short": 1.0})
 
@@ -142,4 +151,58 @@ def test_theorem1_properties(buckets, data):
     assert example_weights(buckets, table).mean() == pytest.approx(1.0, rel=1e-6)
     for mass in bucket_masses(buckets, table).values():
         assert mass == pytest.approx(1 / len(set(buckets)), rel=1e-6)
-    assert weighted_risk(losses, buckets, table) == pytest.approx(macro_risk(losses, buckets), rel=1e-6, abs=1e-6)  # fp32 weights
+    # fp32 weights
+    assert weighted_risk(losses, buckets, table) == pytest.approx(macro_risk(losses, buckets), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("option", [{"packing": True}, {"padding_free": True}, {"loss_type": "dft"},
+                                    {"label_smoothing_factor": 0.1}, {"weight_column": ""}])
+def test_config_rejects_options_the_weighted_loss_ignores(tmp_path, option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        BucketSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **option)
+
+
+def test_custom_weight_column_reaches_the_loss(tiny, tmp_path):
+    ds = toy(4).rename_column("weight", "w_b")
+    tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=4, max_steps=1, weight_column="w_b")
+    batch = tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(4)]))
+    assert "w_b" in batch and batch["w_b"].dtype == torch.float32 and "weight" not in batch
+    assert tr.compute_loss(tr.model, dict(batch)).item() > 0
+
+
+def test_extra_columns_collator_strips_and_casts():
+    seen = []
+    base = lambda ex: seen.extend(ex) or {"n": torch.tensor([len(e) for e in ex])}
+    b = ExtraColumnsCollator(base, ("weight", "s_plus"))([{"a": 1, "weight": 2, "s_plus": -1}])
+    assert seen == [{"a": 1}] and b["weight"].dtype == b["s_plus"].dtype == torch.float32
+    assert b["s_plus"].tolist() == [-1.0]
+
+
+def test_one_argument_builder_and_one_lora_builder_for_both_stages(tmp_path):
+    from polyalign.hdpo import preference_arguments
+    sft = SFTStageConfig(per_device_batch_size=2, examples_per_step=8, learning_rate=3e-4, max_length=77)
+    pref = PreferenceConfig(per_device_batch_size=2, examples_per_step=8, learning_rate=3e-4, max_length=77)
+    a = sft_arguments(sft, tmp_path, seed=5, weighted=True).to_dict()
+    b = preference_arguments(pref, tmp_path, seed=5, hdpo=True).to_dict()
+    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_length", "seed",
+              "data_seed", "save_strategy", "lr_scheduler_type", "warmup_steps", "use_cpu", "report_to"):
+        assert a[k] == b[k], k
+    assert a["gradient_accumulation_steps"] == 4
+    assert lora_config(sft) is None and lora_config(pref) is None
+    ls = lora_config(SFTStageConfig(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                                    lora_target_modules="all-linear"))
+    lp = lora_config(PreferenceConfig(lora=True, lora_r=4, lora_alpha=8))
+    assert (ls.r, ls.lora_alpha, ls.lora_dropout) == (4, 8, 0.1)
+    assert (lp.r, lp.lora_alpha, lp.lora_dropout) == (4, 8, 0.0)
+    assert ls.target_modules == lp.target_modules == "all-linear" and ls.task_type == lp.task_type
+
+
+def test_weighting_flag_covers_exactly_the_sft_methods():
+    assert set(BUCKET_WEIGHTED) == set(methods_for("sft")) and sum(BUCKET_WEIGHTED.values()) == 1
+
+
+def test_training_summary_reads_training_parts_only():
+    recs = {"sft/tiny/full_sft/en": {"rows": {"in": 5}, "global_step": 2, "train_loss": 1.5},
+            "preference/pairs/tiny/dpo/en": {"rows": {"in": 5}}}
+    df = training_summary(recs)
+    assert df.values.tolist() == [["tiny", "Full-SFT", "en", 5, 2, 1.5]]

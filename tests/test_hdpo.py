@@ -6,8 +6,10 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from polyalign.core import TinyModelSpec, build_tiny
-from polyalign.hdpo import HDPOConfig, HDPOTrainer, hdpo_loss
+from polyalign.core import ConfigError, TinyModelSpec, methods_for, write_jsonl
+from polyalign.hdpo import (HDPO_OBJECTIVE, IGNORED_DPO_OPTIONS, HDPOConfig, HDPOTrainer, answer_policies,
+                            check_prediction_ids, hdpo_loss, preference_arguments)
+from polyalign.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def test_lambda0_unit_weights_equals_trl_sigmoid(tiny, tmp_path):
         with torch.no_grad():
             for p in m.parameters(): p.add_(0.02 * torch.randn_like(p))
     hb, tb = _batch(h), _batch(t)
-    assert {"weight", "s_plus", "s_minus"} <= set(hb) and hb["weight"].dtype == torch.float32   # columns survive collation
+    # the pair columns survive collation, as fp32
+    assert {"weight", "s_plus", "s_minus"} <= set(hb) and hb["weight"].dtype == torch.float32
     lh = h.compute_loss(h.model, dict(hb)).item()
     lt = t.compute_loss(t.model, dict(tb)).item()
     assert lh == pytest.approx(lt, abs=1e-5) and abs(lh - 0.6931) > 1e-4
@@ -94,12 +97,13 @@ def test_reference_variants_train(tiny, tmp_path, variant):
     assert logs and all(k in logs[0] for k in ("hdpo/dpo_loss", "hdpo/regularizer", "hdpo/p_mean", "hdpo/weight_mean",
                                                 "hdpo/s_gap", "rewards/accuracies"))
     if variant == "lora":
-        assert logs[0]["hdpo/dpo_loss"] == pytest.approx(0.6931, abs=1e-3)   # reference = adapter disabled: margin 0 at start
+        # reference = the adapter disabled: margin 0 at the start
+        assert logs[0]["hdpo/dpo_loss"] == pytest.approx(0.6931, abs=1e-3)
 
 
 def test_missing_pair_columns(tiny, tmp_path):
     d, tok = tiny
-    with pytest.raises(ValueError, match="lack column"):
+    with pytest.raises(ValueError, match="no 's_plus' column"):
         HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=AutoModelForCausalLM.from_pretrained(d),
                     args=HDPOConfig(output_dir=str(tmp_path), **COMMON), train_dataset=pairs().remove_columns("s_plus"),
                     processing_class=tok)
@@ -109,6 +113,79 @@ def test_hdpo_loss_modes():
     z = torch.zeros(2)
     with pytest.raises(ValueError, match="unknown p_mode"):
         hdpo_loss(z, z, z, z, z, z, z + 1, p_mode="nope")
-    loss, parts = hdpo_loss(torch.tensor([-10.0, -5]), torch.tensor([-20.0, -5]), z, z, z, z + 1, z + 1,
-                            p_mode="length_normalized", n_chosen=torch.tensor([5.0, 5]), n_rejected=torch.tensor([10.0, 5]))
+    loss, parts = hdpo_loss(chosen_logps=torch.tensor([-10.0, -5]), rejected_logps=torch.tensor([-20.0, -5]),
+                            ref_chosen_logps=z, ref_rejected_logps=z, chosen_scores=z, rejected_scores=z + 1,
+                            weights=z + 1, p_mode="length_normalized", chosen_lengths=torch.tensor([5.0, 5]),
+                            rejected_lengths=torch.tensor([10.0, 5]))
     assert torch.allclose(parts["p"], torch.sigmoid(torch.tensor([0.0, 0.1 * (-1 + 1)])))
+    # λ scales the regulariser only; the weights scale each pair's whole term
+    base, _ = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 1, hdpo_lambda=0.0)
+    lam, parts = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 1, hdpo_lambda=0.5)
+    assert lam.item() == pytest.approx(base.item() + 0.5 * parts["reg"].mean().item())
+    w2, _ = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 2, hdpo_lambda=0.5)
+    assert w2.item() == pytest.approx(2 * lam.item())
+
+
+REJECTED = [("loss_type", ["ipo"]), ("loss_type", ["sigmoid", "sft"]), ("loss_weights", [0.5]),
+            ("label_smoothing", 0.1), ("ld_alpha", 0.5), ("f_divergence_type", "js_divergence"),
+            ("f_alpha_divergence_coef", 0.3), ("use_weighting", True), ("discopop_tau", 0.1)]
+
+
+@pytest.mark.parametrize("option,value", REJECTED)
+def test_config_rejects_dpo_options_the_hdpo_loss_ignores(tmp_path, option, value):
+    with pytest.raises(ConfigError, match=f"ignores {option}="):
+        HDPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **{option: value})
+
+
+def test_every_ignored_option_is_tested_and_defaults_are_accepted(tmp_path):
+    assert {o for o, _ in REJECTED} == set(IGNORED_DPO_OPTIONS)
+    args = HDPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], loss_type="sigmoid", loss_weights=[1.0])
+    assert args.loss_type == ["sigmoid"] and (args.hdpo_lambda, args.p_mode) == (0.1, "margin")
+
+
+@pytest.mark.parametrize("field,value,msg", [("p_mode", "mean", "unknown p_mode"), ("hdpo_lambda", -1.0, "hdpo_lambda"),
+                                             ("hdpo_lambda", float("inf"), "hdpo_lambda"), ("beta", 0.0, "beta"),
+                                             ("beta", float("nan"), "beta")])
+def test_config_validates_its_fields(tmp_path, field, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        HDPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **{field: value})
+
+
+def test_trainer_needs_an_hdpo_config(tiny, tmp_path):
+    d, tok = tiny
+    with pytest.raises(TypeError, match="needs an HDPOConfig"):
+        HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=AutoModelForCausalLM.from_pretrained(d),
+                    args=DPOConfig(output_dir=str(tmp_path), **COMMON), train_dataset=pairs(), processing_class=tok)
+
+
+def test_bad_pair_columns(tiny, tmp_path):
+    d, tok = tiny
+    for col, value, msg in [("weight", 0.0, "'weight' values must be finite and > 0"),
+                            ("s_minus", float("nan"), "'s_minus' values must be finite")]:
+        ds = pairs().map(lambda e, i: {col: value if i == 1 else e[col]}, with_indices=True)
+        with pytest.raises(ValueError, match=msg):
+            HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d),
+                        ref_model=AutoModelForCausalLM.from_pretrained(d),
+                        args=HDPOConfig(output_dir=str(tmp_path), **COMMON), train_dataset=ds, processing_class=tok)
+
+
+def test_stage_vocabulary_comes_from_the_registry():
+    assert set(HDPO_OBJECTIVE) == set(methods_for("preference")) and sum(HDPO_OBJECTIVE.values()) == 1
+    assert answer_policies(["dpo", "hdpo"]) == ["full_sft", "bucket_sft"] and answer_policies(["dpo"]) == ["full_sft"]
+    from polyalign.core import PreferenceConfig
+    a = preference_arguments(PreferenceConfig(per_device_batch_size=2, examples_per_step=2), "o", seed=0, hdpo=False)
+    assert type(a) is DPOConfig and a.loss_type == ["sigmoid"]
+
+
+def test_prediction_ids_must_match_the_test_split(tmp_path):
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(run_dir=str(tmp_path))
+    test = {"id": ["a", "b"]}
+    with pytest.raises(FileNotFoundError):
+        check_prediction_ids(cfg, test)
+    write_jsonl(tmp_path / "predictions" / "tiny" / "dpo.jsonl", [{"id": "a"}, {"id": "b"}])
+    write_jsonl(tmp_path / "predictions" / "tiny" / "hdpo.jsonl", [{"id": "b"}, {"id": "a"}])
+    assert check_prediction_ids(cfg, test) == ["tiny/dpo", "tiny/hdpo"]
+    write_jsonl(tmp_path / "predictions" / "m2" / "hdpo.jsonl", [{"id": "a"}])   # another model, one id short
+    with pytest.raises(ValueError, match="m2/hdpo"):
+        check_prediction_ids(cfg, test)

@@ -19,23 +19,27 @@ def main() -> Path:
     from trl import SFTConfig, SFTTrainer
 
     from polyalign.bucket_sft import BucketSFTConfig, BucketSFTTrainer
-    from polyalign.core import TinyModelSpec, build_tiny
+    from polyalign.core import TinyModelSpec
+    from polyalign.tiny import build_tiny
 
     tmp = Path(tempfile.mkdtemp())
     model_dir = build_tiny(tmp / "m", TinyModelSpec(), seed=0)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    answer = "The answer is a sentence of moderate length. "
     rows = [{"prompt": [{"role": "system", "content": "en|single|qa|medium"},
                         {"role": "user", "content": f"Question {i}: explain the idea number {i} in a few words. 请解释。"}],
-             "completion": [{"role": "assistant", "content": ("The answer is a sentence of moderate length. " * (1 + i % 4)).strip()}],
+             "completion": [{"role": "assistant", "content": (answer * (1 + i % 4)).strip()}],
              "weight": 0.5 + (i % 3)} for i in range(STEPS * 8)]
     ds = Dataset.from_list(rows)
     common = dict(per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-4, report_to=[], max_length=128,
                   use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, data_seed=0, logging_steps=1000)
+    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir)
+    args = lambda cls, name: cls(output_dir=str(tmp / name), **common)   # fresh arguments per run
     make = {
-        "SFTTrainer (Full-SFT)": lambda cb: SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=SFTConfig(output_dir=str(tmp / "s"), **common),
-                                                       train_dataset=ds.remove_columns("weight"), processing_class=tok, callbacks=cb),
-        "BucketSFTTrainer": lambda cb: BucketSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=BucketSFTConfig(output_dir=str(tmp / "b"), **common),
-                                                        train_dataset=ds, processing_class=tok, callbacks=cb)}
+        "SFTTrainer (Full-SFT)": lambda cb: SFTTrainer(model=load(), args=args(SFTConfig, "s"), processing_class=tok,
+                                                       train_dataset=ds.remove_columns("weight"), callbacks=cb),
+        "BucketSFTTrainer": lambda cb: BucketSFTTrainer(model=load(), args=args(BucketSFTConfig, "b"), train_dataset=ds,
+                                                        processing_class=tok, callbacks=cb)}
     med = abba_step_times(make, ROUNDS)
     m = medians(med)
     ratio = m["BucketSFTTrainer"] / m["SFTTrainer (Full-SFT)"]

@@ -19,8 +19,9 @@ def main() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from polyalign.core import TinyModelSpec, build_tiny
-    from polyalign.hdpo import HDPOConfig, HDPOTrainer
+    from polyalign.core import TinyModelSpec
+    from polyalign.tiny import build_tiny
+    from polyalign.hdpo import PAIR_COLUMNS, HDPOConfig, HDPOTrainer
 
     tmp = Path(tempfile.mkdtemp())
     d = build_tiny(tmp / "m", TinyModelSpec(), seed=0)
@@ -39,7 +40,8 @@ def main() -> Path:
         make = {
             "DPOTrainer": lambda cb: DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref(),
                                                 args=DPOConfig(output_dir=str(tmp / "d"), loss_type=["sigmoid"], **common),
-                                                train_dataset=ds.remove_columns(["weight", "s_plus", "s_minus"]), processing_class=tok, callbacks=cb),
+                                                train_dataset=ds.remove_columns(list(PAIR_COLUMNS)),
+                                                processing_class=tok, callbacks=cb),
             "HDPOTrainer": lambda cb: HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=ref(),
                                                   args=HDPOConfig(output_dir=str(tmp / "h"), **common),
                                                   train_dataset=ds, processing_class=tok, callbacks=cb)}
