@@ -985,6 +985,9 @@ def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict
     if not Path(cfg.run_dir).is_absolute(): cfg = dataclasses.replace(cfg, run_dir=str(caller_path(cfg.run_dir)))
     if cfg.hf_offline:
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        # the hub clients read the variable once, at import: switch the ones already imported too
+        for mod, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+            if mod in sys.modules: setattr(sys.modules[mod], attr, True)
     return cfg
 
 
