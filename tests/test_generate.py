@@ -1,11 +1,16 @@
 """Generation: penalties, seeded reproducibility, resume after a crash, CoT parsing, bad input."""
 import json
+import shutil
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from polyalign.core import GenerateConfig, TinyModelSpec, build_tiny, read_jsonl
-from polyalign.generate import FrequencyPresencePenalty, HFGenerator, generate, parse_cot
+from polyalign.core import GenerateConfig, TinyModelSpec, load_config, read_jsonl, read_manifest
+from polyalign.data import records_to_table
+from polyalign.generate import (FrequencyPresencePenalty, HFGenerator, generate, generate_stage, generation_summary,
+                                parse_cot, prediction_path)
+from polyalign.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,57 @@ def test_training_and_inference_prompts_are_identical(model_dir):
         train_text = tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False)
         infer_text = build(r)
         assert train_text.startswith(infer_text) and train_text[len(infer_text):].startswith(r["human_answer"])
+
+
+def _corpus_rows(split, n):
+    "Records in the data stage's schema, both languages, some with dialogue history."
+    rows = []
+    for i in range(n):
+        lang = "en" if i % 2 else "zh"
+        hist = [{"role": "user", "text": "Hello"}, {"role": "assistant", "text": "Hi"}] if i % 3 == 0 else []
+        rows.append({"id": f"{split}-{i:03d}", "dataset": "synthetic", "split": split, "language": lang,
+                     "track": "multi" if hist else "single", "family": "qa", "style_bucket": "qa_search",
+                     "length_bin": "short", "bucket_id": f"{lang}|single|qa|short",
+                     "question": f"Question {i}? 问题{i}？", "context": "", "dialogue_history": hist, "human_answer": "answer", "answer_tokens": 1,
+                     "group_id": f"g{i}", "meta": "{}"})
+    return rows
+
+
+def _write_split(run_dir, split, n):
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(records_to_table(_corpus_rows(split, n)), run_dir / "data" / f"{split}.parquet")
+
+
+def test_generate_stage_from_plain_python(model_dir, tmp_path):
+    "The stage function without papermill: one part per (split, model, method), resumable files, a skip on rerun."
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "models" / "tiny")
+    _write_split(run, "test", 6)
+    cfg = load_config("tiny", [f"run_dir={run}", "generate.max_new_tokens=4", "generate.batch_size=4"])
+    cfg.generate.methods, cfg.generate.splits = ["base_lm", "cot"], ["test"]
+    result = generate_stage(cfg)
+    assert list(result.records) == ["generate/test/tiny/base_lm", "generate/test/tiny/cot"]
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (12, 12, 0)
+    assert sorted(map(str, result.outputs)) == sorted(str(prediction_path(run, "tiny", m)) for m in ("base_lm", "cot"))
+    stages = read_manifest(run)["stages"]
+    for part in result.records:
+        rec = stages[part]
+        assert rec["status"] == "done" and rec["sections"] == ["seed", "models", "data", "sft", "generate"]
+        assert set(rec["inputs"]) == {"data/test.parquet", "models/tiny"} and set(rec["generation"]) == {"en", "zh"}
+    for m in ("base_lm", "cot"):
+        ids = sorted(r["id"] for r in read_jsonl(prediction_path(run, "tiny", m)))
+        assert ids == [f"test-{i:03d}" for i in range(6)]
+    summary = generation_summary(result.records)
+    assert summary[["method", "en_generated", "zh_generated"]].values.tolist() == [["base_lm", 3, 3], ["cot", 3, 3]]
+    before = prediction_path(run, "tiny", "cot").read_bytes()
+    again = generate_stage(cfg)
+    assert {r["last_action"] for r in again.records.values()} == {"skipped"}
+    assert prediction_path(run, "tiny", "cot").read_bytes() == before
+
+
+def test_generate_stage_needs_the_trained_checkpoints(tmp_path):
+    _write_split(tmp_path, "test", 2)
+    cfg = load_config("tiny", [f"run_dir={tmp_path}"])
+    cfg.generate.methods, cfg.generate.splits = ["full_sft"], ["test"]
+    with pytest.raises(FileNotFoundError, match="run its training stage first"):
+        generate_stage(cfg)

@@ -197,3 +197,50 @@ def test_evaluate_refuses_mixed_languages():
     fr.loc[0, "language"] = "en"
     with pytest.raises(ValueError, match="one language at a time"):
         evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=MetricsConfig(bootstrap_samples=0))
+
+
+def test_one_normalize_text_and_the_metrics_whitespace_rule():
+    "The corpus normaliser is data's; metrics' rule keeps blank-line runs under its own name."
+    import polyalign.metrics as metrics
+    from polyalign.data import normalize_text
+    assert not hasattr(metrics, "normalize_text")
+    assert normalize_text("a\n\n\n\nb  c ") == "a\n\nb c"
+    assert metrics.collapse_line_whitespace("a\n\n\n\nb  c ") == "a\n\n\n\nb c"
+    assert metrics.collapse_line_whitespace(None) == "" and metrics.collapse_line_whitespace(" \r\n\t ") == ""
+
+
+def test_vocabulary_comes_from_core():
+    import polyalign.metrics as metrics
+    from polyalign.core import LANGUAGES, METHODS
+    assert metrics.LANGUAGES is LANGUAGES
+    assert [metrics.method_label(m) for m in METHODS] == [m.label for m in METHODS.values()]
+    assert metrics.method_label("FullSFT") == "Full-SFT" and metrics.method_label("my_method") == "my_method"
+    for name in ("METHOD_ORDER", "_METHOD_KEYS", "_HAN", "_md_escape", "_tex_escape"):
+        assert not hasattr(metrics, name), name
+    assert answer_tokens("\U00030000\U00030001汉", "zh") == ["\U00030000", "\U00030001", "汉"]   # core.HAN (Ext. G)
+
+
+def test_metrics_stage_records_one_part_and_skips_when_current(tmp_path, monkeypatch):
+    "The stage plumbing without the metrics: part name, sections, inputs, outputs, and a skip on an unchanged rerun."
+    import polyalign.metrics as metrics
+    from polyalign.core import StageResult, load_config, read_manifest, write_jsonl, write_parquet
+    write_parquet(tmp_path / "data" / "test.parquet", pd.DataFrame({"id": ["a"], "language": ["en"]}))
+    write_parquet(tmp_path / "features" / "references.parquet", pd.DataFrame({"x": [1]}))
+    write_jsonl(tmp_path / "predictions" / "tiny" / "cot.jsonl", [{"id": "a", "prediction": "x"}])
+    calls = []
+
+    def fake(cfg):
+        calls.append(cfg.run_dir)
+        out = tmp_path / "tables" / "table2_main.md"
+        out.parent.mkdir(parents=True, exist_ok=True); out.write_text("| t |\n")
+        return StageResult(outputs=[out], rows_in=3, rows_out=2, rows_rejected=0, extra={"evaluated": ["x"]})
+    monkeypatch.setattr(metrics, "evaluate_and_write", fake)
+    cfg = load_config("tiny", [f"run_dir={tmp_path}"])
+    result = metrics.metrics_stage(cfg)
+    rec = read_manifest(tmp_path)["stages"]["metrics"]
+    assert list(result.records) == ["metrics"] and rec["sections"] == ["profile", "seed", "models", "metrics"]
+    assert list(rec["inputs"]) == ["data/test.parquet", "features/references.parquet", "predictions/tiny/cot.jsonl"]
+    assert (result.rows_in, result.rows_out) == (3, 2) and result.outputs == [tmp_path / "tables" / "table2_main.md"]
+    assert metrics.metrics_stage(cfg).records["metrics"]["last_action"] == "skipped" and len(calls) == 1
+    write_jsonl(tmp_path / "predictions" / "tiny" / "hdpo.jsonl", [{"id": "a", "prediction": "y"}])
+    assert metrics.metrics_stage(cfg).records["metrics"]["last_action"] == "ran" and len(calls) == 2

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from polyalign.core import LANGUAGES, METHODS, TABLE_ORDER, method_by_label
+
 REPORTED = Path(__file__).resolve().parents[1] / "papers/polyalign/reported"
 PAPER_TXT = Path(__file__).resolve().parents[2] / "shared/paper/polyalign-2606.13227v1.txt"
 TABLE2_EXCERPT = REPORTED / "paper_table2_excerpt.txt"   # the paper's Table 2 text, bundled (CC BY 4.0)
@@ -17,6 +19,7 @@ TABLE2_EXCERPT = REPORTED / "paper_table2_excerpt.txt"   # the paper's Table 2 t
 TEXT_COLUMNS = {"situation", "track", "runtime"}
 
 MODELS = {"Qwen2.5-1.5B", "Gemma-2-2B", "Qwen2.5-3B", "Llama-3.2-3B"}
+LABELS = {m.label for m in METHODS.values()}   # the paper's six method labels
 
 # file -> (n_rows, columns, identifier columns)
 SPECS = {
@@ -94,13 +97,21 @@ def test_identifier_vocabularies():
     for name in ("table2_main.csv", "table3_judge.csv", "table4_detect.csv", "table7_runtime.csv"):
         df = load(name)
         assert set(df["model"]) == MODELS
-        assert set(df["language"]) == {"en", "zh"}
-    assert set(load("table2_main.csv")["method"]) == {
-        "BaseLM", "CoT", "Full-SFT", "DPO", "Bucket-SFT", "HDPO"}
+        assert set(df["language"]) == set(LANGUAGES)
+    assert set(load("table2_main.csv")["method"]) == LABELS
     for name in ("table3_judge.csv", "table4_detect.csv"):
-        assert set(load(name)["method"]) == {"BaseLM", "Full-SFT", "DPO", "Bucket-SFT", "HDPO"}
+        assert set(load(name)["method"]) == LABELS - {METHODS["cot"].label}
     assert set(load("table7_runtime.csv")["stage"]) == {
         "Full-SFT", "Bucket-SFT", "DPO policy", "HDPO critic", "HDPO policy"}
+
+
+def test_reported_methods_are_the_registry_in_table_order():
+    "Every method label of the reported tables resolves to `METHODS`, and Table 2 lists them in `TABLE_ORDER`."
+    for name in ("table2_main.csv", "table3_judge.csv", "table4_detect.csv", "table8_human_eval.csv"):
+        assert all(method_by_label(m).label == m for m in load(name)["method"]), name
+    t2 = load("table2_main.csv")
+    for (_, _), block in t2.groupby(["model", "language"], sort=False):
+        assert list(block["method"]) == [m for m in TABLE_ORDER if m in LABELS]
 
 
 def test_table1_spot_values_and_totals():

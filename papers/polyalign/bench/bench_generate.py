@@ -11,8 +11,9 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> Path:
     import torch
-    from polyalign.core import GenerateConfig, TinyModelSpec, build_tiny
+    from polyalign.core import GenerateConfig, TinyModelSpec
     from polyalign.generate import HFGenerator, Prompt, plain_prompt
+    from polyalign.tiny import build_tiny
 
     d = build_tiny(Path(tempfile.mkdtemp()) / "m", TinyModelSpec(), seed=0)
     gen = GenerateConfig(max_new_tokens=64)
