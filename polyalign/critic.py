@@ -29,7 +29,7 @@ __all__ = ['UNKNOWN_BUCKET', 'CRITIC_VERSION', 'CRITIC_SPLITS', 'CRITIC_SECTIONS
            'support_distance', 'CriticHead', 'FeatureCritic', 'TextCritic', 'Critic', 'new_critic', 'critic_loss',
            'CriticData', 'critic_data', 'CriticCollapseError', 'collapse_guard', 'train_critic', 'evaluate_critic',
            'score_pairs', 'answer_features', 'critic_dir', 'load_critic', 'critic_inputs', 'critic_frame',
-           'critic_material', 'critic_report', 'train_model_critic', 'critic_stage']
+           'critic_material', 'critic_report', 'train_model_critic', 'critic_stage', 'critic_table']
 
 # %% ../nbs/04_critic.ipynb #f4866639
 def feature_values(z, names: Sequence[str]) -> np.ndarray:
@@ -196,7 +196,8 @@ class Critic:
         return torch.tensor([pos.get(b, unk) for b in bs], dtype=torch.long)
 
     def prepare(self, inputs, *, languages=None, scorer=None, prompts=None):
-        "Model inputs: a float32 tensor in feature order (feature critic) or a list of texts (text critic)."
+        """Model inputs: a float32 tensor in feature order (feature critic) or a list of texts (text critic); the
+        parameters are `score`'s."""
         if self.kind == "text":
             if not _is_texts(inputs): raise TypeError("a text critic scores texts (a list of str)")
             return list(inputs)
@@ -644,7 +645,10 @@ def critic_material(cfg: RunConfig,           # the run config
     return data, out, gen_stats
 
 
-def critic_report(fit: dict, val: dict, train: dict, counts: dict) -> dict:
+def critic_report(fit: dict,  # what `train_critic` returned (best and last epoch)
+                  val: dict,  # `evaluate_critic` on the validation split
+                  train: dict,  # `evaluate_critic` on the training split
+                  counts: dict) -> dict:  # `critic_data` counts per split
     "What the run manifest records about one trained critic."
     return {"val_spearman": val["spearman"], "val_ranking_accuracy": val.get("ranking_accuracy"), "val_mae": val["mae"],
             "val_score_std": val["score_std"], "train_spearman": train["spearman"], "best_epoch": fit["best_epoch"],
@@ -688,3 +692,11 @@ def critic_stage(cfg: RunConfig) -> StageResult:
         records[part] = run_stage(cfg, part, partial(train_model_critic, cfg, model), sections=list(CRITIC_SECTIONS),
                                   inputs=critic_inputs(cfg, model))
     return StageResult.from_records(cfg, records)
+
+# %% ../nbs/04_critic.ipynb #3e5bd430
+def critic_table(records: dict[str, dict]) -> pd.DataFrame:
+    "One row per trained critic of a `critic_stage` result: validation Spearman, ranking accuracy, MAE, best epoch."
+    keys = {"val Spearman": "val_spearman", "val ranking accuracy": "val_ranking_accuracy", "val MAE": "val_mae",
+            "best epoch": "best_epoch"}
+    return pd.DataFrame([{"model": part.split("/", 1)[1], **{k: r.get("critic", {}).get(v) for k, v in keys.items()}}
+                         for part, r in records.items() if part.startswith("critic/")])

@@ -31,7 +31,7 @@ __all__ = ['KINDS', 'FEATURES_VERSION', 'LM_FEATURES', 'TEXT_FEATURES', 'FEATURE
            'check_resources', 'syllables', 'sentence_spans_en', 'sentence_spans_zh', 'FeatureMatrix', 'text_features',
            'extract_features', 'lm_condition_text', 'lm_prompts', 'LMScorer', 'References', 'fit_references',
            'features_data_files', 'features_inputs', 'feature_scorer', 'split_features', 'run_references',
-           'references_summary', 'write_features', 'features_stage']
+           'references_summary', 'write_features', 'features_stage', 'bucket_table']
 
 # %% ../nbs/02_features.ipynb #8a1ee0ac
 KINDS = ("count", "ratio", "nonneg", "signed", "real", "flag")
@@ -1200,3 +1200,9 @@ def features_stage(cfg: RunConfig) -> StageResult:
     record = run_stage(cfg, "features", partial(write_features, cfg), sections=["seed", "features", "models"],
                        inputs=features_inputs(cfg))
     return StageResult.from_records(cfg, {"features": record})
+
+# %% ../nbs/02_features.ipynb #65ff3a0c
+def bucket_table(refs: References) -> pd.DataFrame:
+    "Λ_b's buckets: train rows, eligibility and the number of features each bucket can use."
+    return pd.DataFrame({"train rows": refs.bucket_count, "eligible": refs.eligible,
+                         "usable features": refs.usable.sum(1)}, index=pd.Index(refs.buckets, name="bucket_id"))
