@@ -448,9 +448,9 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     return checks
 
 # %% ../nbs/11_reproduce.ipynb #b1da046b
-# Table 7 rows that each stage's training accounts for
-_TABLE7_STAGES = {"sft": ("Full-SFT", "Bucket-SFT"), "critic": ("HDPO critic",),
-                  "preference": ("DPO policy", "HDPO policy")}
+# Table 7 rows that each stage's training accounts for (the paper labels the preference runs "<label> policy")
+_TABLE7_STAGES = {"sft": tuple(METHODS[m].label for m in methods_for("sft")), "critic": ("HDPO critic",),
+                  "preference": tuple(f"{METHODS[m].label} policy" for m in methods_for("preference"))}
 
 
 def paper_minutes(cfg: RunConfig, stage: str) -> float | None:
