@@ -65,7 +65,7 @@ def test_each_stage_notebook_calls_its_library_function(root):
         assert callable(getattr(importlib.import_module(f"polyalign.{module}"), fn)), st.function
         cells = [c.source for c in nbformat.read(root / "nbs" / st.notebook, as_version=4).cells
                  if c.cell_type == "code" and is_stage_cell(c)]
-        calls = [s for s in cells if re.search(rf"\b{fn}\(cfg\)", s)]
+        calls = [s for s in cells if re.search(rf"\b{fn}\(cfg\b", s)]
         assert len(calls) == 1, f"{st.notebook}: expected one stage cell calling {fn}(cfg), found {len(calls)}"
         # the stage cells hold no pipeline logic of their own: no function or class definitions
         assert not any(re.search(r"^\s*(def|class) ", s, re.M) for s in cells), st.notebook
