@@ -1007,11 +1007,11 @@ def table2_cells(evals: Sequence[Evaluation]) -> pd.DataFrame:
 
 def write_run_outputs(cfg, evals: Sequence[Evaluation]) -> list[Path]:
     "Table 2 under `tables/`, summaries and per-row / per-bucket / per-feature details under `metrics/`."
-    from polyalign.core import project_root, write_json, write_parquet
+    from polyalign.core import asset_path, write_json, write_parquet
     tag = lambda e, df: df.assign(model=e.model, method=e.method, language=e.language) if len(df) else df
     reported = None
     if cfg.profile == "paper":
-        p = project_root() / "papers" / "polyalign" / "reported" / "table2_main.csv"
+        p = asset_path("reported", "table2_main.csv")
         reported = pd.read_csv(p, dtype=str)
     cells = table2_cells(evals)
     out = write_table2(cells, run_path(cfg, "tables"), reported, cfg.metrics.paper_compat_truncate)

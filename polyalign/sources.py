@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 
 from .core import (LANGUAGES, SPLITS, ConfigError, content_revision, git_blob_id, write_cached_repo,
                             DataConfig, RunConfig, StageResult, atomic_path, log,
-                            project_root, run_path, run_stage, write_json, write_jsonl, write_parquet, write_table)
+                            asset_path, run_path, run_stage, write_json, write_jsonl, write_parquet, write_table)
 from .data import (FAMILIES, RECORD_FIELDS, SCHEMA_VERSION, SPLIT_PRECEDENCE, STYLES, TRACKS, answer_length,
                             bucket_key, canonical_text, dedup_records, hash_split, length_bin, length_tokens,
                             near_duplicates, normalize_text, records_to_table)
@@ -1132,7 +1132,7 @@ def unpinned_sources(cfg: RunConfig | DataConfig) -> list[str]:
 def reported_table1(path: str | Path | None = None):
     "The paper's Table 1 as transcribed in papers/polyalign/reported (None when the file is absent)."
     import pandas as pd
-    path = Path(path) if path else project_root() / "papers" / "polyalign" / "reported" / "table1_corpus.csv"
+    path = Path(path) if path else asset_path("reported", "table1_corpus.csv")
     return pd.read_csv(path) if path.is_file() else None
 
 
