@@ -396,14 +396,17 @@ def generation_part(cfg,                         # the run config
                     method: str,                 # a name in `METHODS`
                     split: str,                  # the split answered
                     frame,                       # that split's records (`data.read_split`)
+                    part: str | None = None,     # the manifest part (default `generate/<split>/<model>/<method>`)
+                    sections: Sequence[str] = GENERATE_SECTIONS,  # the config sections the part is hashed on
                    ) -> tuple[str, dict]:
-    "Run (or skip, when current) the manifest part `generate/<split>/<model>/<method>`; returns (part, record)."
+    """Run (or skip, when current) one method's answers to one split as a manifest part; returns (part, record).
+    The preference stage names its own parts and sections."""
     split_path = run_path(cfg, "data", f"{split}.parquet")
     ckpts = [method_checkpoint(cfg, model, method, lang) for lang in cfg.sft.languages]
     out = prediction_path(cfg.run_dir, model, method, split)
-    part = f"generate/{split}/{model}/{method}"
+    part = part or f"generate/{split}/{model}/{method}"
     record = run_stage(cfg, part, lambda: generation_result(generate_method(cfg, model, method, frame, split), out),
-                       sections=list(GENERATE_SECTIONS), inputs=[split_path, *[c for c in ckpts if Path(c).exists()]])
+                       sections=list(sections), inputs=[split_path, *[c for c in ckpts if Path(c).exists()]])
     return part, record
 
 

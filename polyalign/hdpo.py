@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .core import (METHODS, ConfigError, StageResult, derive_seed, log, model_slug, read_jsonl, run_path,
                             run_stage, write_jsonl)
 from .data import render_messages
-from .generate import generate_method, generation_result, method_checkpoint, prediction_path
+from .generate import generation_part, method_checkpoint, prediction_path
 
 # %% auto #0
 __all__ = ['PAIR_TYPE_BIAS', 'PMode', 'P_MODES', 'PAIR_COLUMNS', 'IGNORED_DPO_OPTIONS', 'PREFERENCE_SECTIONS', 'HDPO_OBJECTIVE',
@@ -313,13 +313,8 @@ def policy_answers(cfg,         # the run config
                   ) -> tuple[str, dict]:
     """Run (or skip, when current) the part `preference/answers/<model>/<policy>`: the policy answers the train prompts
     of every SFT language into one resumable file, shared with the critic stage. Returns (part, record)."""
-    out = prediction_path(cfg.run_dir, model, policy, "train")
-    ckpts = [method_checkpoint(cfg, model, policy, lang) for lang in cfg.sft.languages]
-    part = f"preference/answers/{model_slug(model)}/{policy}"
-    body = lambda: generation_result(generate_method(cfg, model, policy, train, "train"), out)
-    record = run_stage(cfg, part, body, sections=list(PREFERENCE_SECTIONS),
-                       inputs=[run_path(cfg, "data", "train.parquet"), *ckpts])
-    return part, record
+    return generation_part(cfg, model, policy, "train", train, part=f"preference/answers/{model_slug(model)}/{policy}",
+                           sections=PREFERENCE_SECTIONS)
 
 
 def answer_rows(cfg,         # the run config
@@ -440,13 +435,8 @@ def preference_predictions(cfg,         # the run config
                            test,        # the test split (`data.read_split`)
                           ) -> tuple[str, dict]:
     "Run (or skip, when current) the part `preference/generate/<model>/<method>`: test answers of every language."
-    out = prediction_path(cfg.run_dir, model, method, "test")
-    ckpts = [method_checkpoint(cfg, model, method, lang) for lang in cfg.sft.languages]
-    part = f"preference/generate/{model_slug(model)}/{method}"
-    body = lambda: generation_result(generate_method(cfg, model, method, test, "test"), out)
-    record = run_stage(cfg, part, body, sections=list(PREFERENCE_SECTIONS),
-                       inputs=[run_path(cfg, "data", "test.parquet"), *ckpts])
-    return part, record
+    return generation_part(cfg, model, method, "test", test, part=f"preference/generate/{model_slug(model)}/{method}",
+                           sections=PREFERENCE_SECTIONS)
 
 
 def check_prediction_ids(cfg, test) -> list[str]:
