@@ -146,7 +146,7 @@ _ARCHITECTURES = {
 
 def _model_config(tokenizer, spec: TinyModelSpec, architecture: str, **extra):
     import transformers
-    extra.update(head_dim=spec.hidden_size // spec.num_attention_heads) if architecture == "gemma2" else None
+    if architecture == "gemma2": extra["head_dim"] = spec.hidden_size // spec.num_attention_heads
     return getattr(transformers, _ARCHITECTURES[architecture][0])(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
