@@ -31,12 +31,12 @@ import yaml
 __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS', 'PACKAGES',
            'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for', 'method_by_label', 'TinyModelSpec', 'ModelsConfig',
            'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
-           'CriticConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides',
-           'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods',
-           'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
-           'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
-           'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
-           'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
+           'CriticConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override',
+           'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml',
+           'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask',
+           'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape',
+           'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
+           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
            'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
            'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
            'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
@@ -176,6 +176,7 @@ class FeaturesConfig:
     lm_batch_size: int = 8
     lm_device: str = "auto"  # auto, cpu or cuda
     lm_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu), float32 or bfloat16
+    shard_rows: int = 50_000  # answers per features shard; a rerun resumes at the first unfinished shard
 
 
 @dataclass
@@ -230,17 +231,20 @@ class SFTStageConfig:
     methods: list[str] = field(default_factory=lambda: list(methods_for("sft")))  # which to train (not hashed)
     per_device_batch_size: int = 4
     max_length: int = 2048  # prompt + answer tokens; longer prompts are cut from the left by the renderer
+    # max_length per model, language or model/language (most specific wins), e.g. {zh: 4096, meta-llama/...: 4096}
+    max_length_by: dict[str, int] = field(default_factory=dict)
     weight_clip: list[float] = field(default_factory=list)  # [lo, hi] clips bucket weights (off: the paper's objective)
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: str = "all-linear"
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast over fp32 master weights and optimiser state (never pure-bf16 Adam)
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int = 2
+    keep_checkpoints: int = 0  # intermediate checkpoints kept once final/ is written (resume needs none then)
     max_train_examples: int = 0  # 0 = every train example; otherwise a seeded subset (smoke runs)
 
 
@@ -277,15 +281,17 @@ class PreferenceConfig:
     examples_per_step: int = 64
     per_device_batch_size: int = 2
     max_length: int = 2048
+    max_length_by: dict[str, int] = field(default_factory=dict)  # as sft.max_length_by
     precompute_ref_log_probs: bool = True  # reference = the frozen initial checkpoint, scored once up front
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
-    bf16: bool = False
+    bf16: bool = False  # as sft.bf16: autocast over fp32 master weights
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int = 2
+    keep_checkpoints: int = 0  # as sft.keep_checkpoints
     max_train_pairs: int = 0  # 0 = every pair; otherwise a seeded subset
     weight_alpha: float = 0.5  # pair weights (Theorem 5): bucket scarcity
     weight_beta: float = 1.0  # critic gap
@@ -324,12 +330,26 @@ class CriticConfig:
 
 
 @dataclass
+class LaunchConfig:
+    "How the `sft` and `preference` stages run training: in the calling process, or as launched worker processes."
+    processes: int = 1  # training processes (one per GPU; CPU processes with gloo); > 1 launches `polyalign.train`
+    launcher: str = "accelerate"  # accelerate (`accelerate launch`) or torchrun
+    accelerate_config: str = ""  # an accelerate YAML (papers/polyalign/configs/accelerate.yaml); "" = flags only
+    deepspeed_config: str = ""  # a DeepSpeed JSON (ZeRO-3: papers/polyalign/configs/ds_zero3.json); "" = plain DDP
+    backend: str = "auto"  # process-group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo
+    timeout_minutes: int = 0  # 0 = no limit on one training launch
+
+
+@dataclass
 class RunConfig:
     "The one object every stage reads. `run_dir` is where every artifact of the run lives."
     profile: str = "tiny"
     seed: int = 13
     run_dir: str = "runs/tiny"
     hf_offline: bool = True
+    # serve every hub id (datasets, models) from a local mirror the core stage builds from fixtures and tiny models
+    hub_mirror: bool = False
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)

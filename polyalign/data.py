@@ -20,8 +20,9 @@ __all__ = ['SCHEMA_VERSION', 'TRACKS', 'FAMILIES', 'STYLES', 'LENGTH_BINS', 'ROL
            'CJK_LENGTH_CHARS', 'TOKENIZERS', 'DEFAULT_BUCKET_FIELDS', 'NEAR_DUP_WINDOW', 'record_schema',
            'validate_record', 'records_to_table', 'read_split', 'normalize_text', 'canonical_text', 'length_tokens',
            'count_tokens', 'length_bin', 'bucket_key', 'answer_length', 'hash_unit', 'hash_split', 'system_profile',
-           'user_turn', 'render_messages', 'to_prompt_completion', 'canonical_key', 'dedup_records',
-           'minhash_signatures', 'lsh_params', 'unique_signatures', 'band_candidates', 'near_duplicates']
+           'user_turn', 'render_messages', 'to_prompt_completion', 'accepts_system_role', 'fold_system',
+           'template_messages', 'renderer', 'canonical_key', 'dedup_records', 'minhash_signatures', 'lsh_params',
+           'unique_signatures', 'band_candidates', 'near_duplicates']
 
 # %% ../nbs/01_data.ipynb #97a1bdcb
 SCHEMA_VERSION = "polyalign-record-v1"
@@ -244,6 +245,44 @@ def to_prompt_completion(record: Mapping, cfg: DataConfig | RunConfig | None = N
     "TRL conversational prompt-completion example: rendered prompt, human answer as the completion."
     return {"prompt": render_messages(record, cfg),
             "completion": [{"role": "assistant", "content": record["human_answer"]}]}
+
+# %% ../nbs/01_data.ipynb #a58caf32
+def accepts_system_role(tokenizer) -> bool:
+    "Whether the tokenizer's chat template renders a system message (Gemma-2's raises on one); cached on the tokenizer."
+    cached = getattr(tokenizer, "_polyalign_system_role", None)
+    if cached is not None: return cached
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+        ok = True
+    except Exception as e:  # jinja2's TemplateError from raise_exception, or a template that indexes roles
+        if "system" not in str(e).lower(): raise
+        ok = False
+    tokenizer._polyalign_system_role = ok
+    return ok
+
+
+def fold_system(messages: Sequence[Mapping]) -> list[dict]:
+    """The messages with a leading system message folded into the first user turn (`system` + blank line + `user`);
+    a new user turn holds it when the conversation starts with an assistant turn."""
+    msgs = [dict(m) for m in messages]
+    if not msgs or msgs[0]["role"] != "system": return msgs
+    system, rest = msgs[0]["content"], msgs[1:]
+    if rest and rest[0]["role"] == "user": return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
+
+
+def template_messages(messages: Sequence[Mapping], tokenizer=None) -> list[dict]:
+    "The messages as the tokenizer's chat template takes them: system text folded where the template has no system role."
+    if tokenizer is None or accepts_system_role(tokenizer): return list(messages)
+    return fold_system(messages)
+
+
+def renderer(cfg: DataConfig | RunConfig | None = None, tokenizer=None):
+    "record -> chat messages for one policy: `render_messages`, folded for templates without a system role."
+    fold = tokenizer is not None and not accepts_system_role(tokenizer)
+    return lambda r: fold_system(render_messages(r, cfg)) if fold else render_messages(r, cfg)
+
 
 # %% ../nbs/01_data.ipynb #52b95df4
 def canonical_key(r: Mapping) -> str:
