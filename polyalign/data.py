@@ -268,12 +268,13 @@ def fold_system(messages: Sequence[Mapping]) -> list[dict]:
     msgs = [dict(m) for m in messages]
     if not msgs or msgs[0]["role"] != "system": return msgs
     system, rest = msgs[0]["content"], msgs[1:]
-    if rest and rest[0]["role"] == "user": return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
 
 
 def template_messages(messages: Sequence[Mapping], tokenizer=None) -> list[dict]:
-    "The messages as the tokenizer's chat template takes them: system text folded where the template has no system role."
+    "The messages as the tokenizer's chat template takes them: the system text folded where it has no system role."
     if tokenizer is None or accepts_system_role(tokenizer): return list(messages)
     return fold_system(messages)
 
