@@ -39,7 +39,8 @@ __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE
            'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
            'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
            'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
-           'caller_path', 'stage_config', 'run_path', 'model_slug', 'base_model_path', 'core_stage']
+           'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path', 'model_slug',
+           'base_model_path', 'model_revision', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -1008,7 +1009,20 @@ def stage_config(config_path: str | None = None, overrides: Iterable[str] | dict
         # the hub clients read the variable once, at import: switch the ones already imported too
         for mod, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
             if mod in sys.modules: setattr(sys.modules[mod], attr, True)
+    if cfg.hub_mirror: use_hub_cache(hub_mirror_dir(cfg))
     return cfg
+
+
+def hub_mirror_dir(cfg: RunConfig) -> Path:
+    "The run's local hub mirror (`hub_mirror: true`): a hub cache the core stage fills from fixtures and tiny models."
+    return Path(cfg.run_dir) / "hub"
+
+
+def use_hub_cache(path: str | Path) -> None:
+    "Point the hub clients (this process, already imported modules, and child processes) at the hub cache `path`."
+    os.environ["HF_HUB_CACHE"] = str(path)
+    for mod in ("huggingface_hub.constants",):
+        if mod in sys.modules: setattr(sys.modules[mod], "HF_HUB_CACHE", str(path))
 
 
 def run_path(cfg: RunConfig, *parts: str) -> Path:
@@ -1025,6 +1039,11 @@ def base_model_path(cfg: RunConfig, name: str) -> str:
     """Where a policy's base checkpoint loads from: the run's tiny build for `tiny`, else the hub id (or local path) as
     given."""
     return str(run_path(cfg, "models", "tiny")) if name == "tiny" else name
+
+
+def model_revision(cfg: RunConfig, name: str) -> str | None:
+    "The pinned hub revision of a model (`models.revisions`), None for `tiny`, local paths and unpinned ids."
+    return cfg.models.revisions.get(name) or None
 
 # %% ../nbs/00_core.ipynb #add367ca
 def core_stage(cfg: RunConfig) -> StageResult:
