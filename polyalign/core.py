@@ -178,6 +178,7 @@ class FeaturesConfig:
     lm_device: str = "auto"  # auto, cpu or cuda
     lm_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu), float32 or bfloat16
     shard_rows: int = 50_000  # answers per features shard; a rerun resumes at the first unfinished shard
+    lm_chunk_tokens: int = 1024  # positions per LM-head chunk: at most this many × vocabulary logits exist at once
 
 
 @dataclass
@@ -795,7 +796,7 @@ def hub_cache_dir_repo(src: str | Path,  # a folder, e.g. what `save_pretrained`
                        repo_type: str = "model") -> str:  # model or dataset
     "Every file under a folder as one revision of hub repository `repo_id` in the mirror; returns the revision."
     if repo_type not in ("model", "dataset"): raise ValueError(f"repo_type must be model or dataset, got {repo_type!r}")
-    if repo_id.count("/") != 1: raise ValueError(f"repo_id must be org/name, got {repo_id!r}")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id): raise ValueError(f"repo_id must be [org/]name, got {repo_id!r}")
     src = Path(src)
     files = {str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
     if not files: raise FileNotFoundError(f"no files to mirror under {src}")
@@ -1054,7 +1055,11 @@ def core_stage(cfg: RunConfig) -> StageResult:
         outputs = [save_config(cfg, run_path(cfg, "config.yaml"))]
         if "tiny" in cfg.models.policies:
             outputs.append(build_tiny(run_path(cfg, "models", "tiny"), cfg.models.tiny, seed=cfg.seed))
+        if cfg.hub_mirror:   # models and sources by hub id and revision, from a mirror built here
+            from polyalign.reproduce import build_run_mirror, check_mirror
+            check_mirror(build_run_mirror(cfg), cfg.profile)
+            outputs.append(hub_mirror_dir(cfg))
         return StageResult(outputs=outputs, rows_in=0, rows_out=0, rows_rejected=0)
 
-    record = run_stage(cfg, "core", body, sections=["profile", "seed", "models", "hf_offline"])
+    record = run_stage(cfg, "core", body, sections=["profile", "seed", "models", "hf_offline", "hub_mirror", "data"])
     return StageResult.from_records(cfg, {"core": record})

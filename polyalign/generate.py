@@ -176,15 +176,16 @@ class HFGenerator:
                  seed: int,                      # the run seed; each batch is seeded from it and its first id
                  trust_remote_code: bool = False,  # only when the config says so
                  dtype=None,                     # passed to `from_pretrained`
+                 revision: str | None = None,    # the pinned hub revision of a hub id (`models.revisions`)
                 ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         path = Path(model_path)
         if not path.exists() and (path.is_absolute() or str(model_path).startswith((".", "runs"))):
             raise FileNotFoundError(f"model path does not exist: {model_path}")
-        self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, padding_side="left")
+        kw = dict(trust_remote_code=trust_remote_code, revision=revision)
+        self.tok = AutoTokenizer.from_pretrained(model_path, padding_side="left", **kw)
         if self.tok.pad_token is None: self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code,
-                                                          dtype=dtype).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kw).eval()
         if torch.cuda.is_available(): self.model.to("cuda")
         self.gen, self.seed = gen, seed
         stops = (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>"),
@@ -225,14 +226,15 @@ class VLLMGenerator:
                  *,
                  seed: int,                      # the engine's sampling seed
                  trust_remote_code: bool = False,  # only when the config says so
+                 revision: str | None = None,    # the pinned hub revision of a hub id (`models.revisions`)
                 ):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as e:
             raise ConfigError("generate.backend=vllm needs the `gpu` extra (pip install -e '.[gpu]') "
                               "on a GPU machine") from e
-        self.llm = LLM(model=str(model_path), seed=seed, trust_remote_code=trust_remote_code,
-                       gpu_memory_utilization=gen.vllm_gpu_memory_utilization)
+        self.llm = LLM(model=str(model_path), seed=seed, trust_remote_code=trust_remote_code, revision=revision,
+                       tokenizer_revision=revision, gpu_memory_utilization=gen.vllm_gpu_memory_utilization)
         self.tok = self.llm.get_tokenizer()
         self.params = SamplingParams(**vllm_sampling_kwargs(gen, seed))
         self.gen, self.seed = gen, seed
@@ -351,11 +353,12 @@ def method_checkpoint(cfg,                       # the run config
     return str(path)
 
 
-def make_generator(cfg, model_path):
-    "The configured backend for one checkpoint."
+def make_generator(cfg, model_path, revision: str | None = None):
+    "The configured backend for one checkpoint (a hub id at `revision`, or a local directory)."
     backend = {"hf": HFGenerator, "vllm": VLLMGenerator}.get(cfg.generate.backend)
     if backend is None: raise ConfigError(f"unknown generate.backend '{cfg.generate.backend}' (known: hf, vllm)")
-    return backend(model_path, cfg.generate, seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code)
+    return backend(model_path, cfg.generate, seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code,
+                   revision=revision)
 
 # %% ../nbs/06_generate.ipynb #df417c26
 def generate_method(cfg,                         # the run config (decoding, batch size, prompt budget, renderer)
@@ -367,16 +370,19 @@ def generate_method(cfg,                         # the run config (decoding, bat
     """Answer `records` with `method`'s per-language checkpoints of `model`, appending to
     `prediction_path(cfg.run_dir, model, method, split)`; returns {language: `generate` statistics}.
     A language of `cfg.sft.languages` without rows loads no model and has no entry."""
-    from polyalign.data import render_messages
+    from polyalign.core import model_revision
+    from polyalign.data import renderer
     rows = records.to_dict("records") if hasattr(records, "to_dict") else list(records)
     out = prediction_path(cfg.run_dir, model, method, split)
     stats = {}
     for lang in cfg.sft.languages:
         recs = [r for r in rows if r.get("language") == lang]
         if not recs: continue
-        generator = make_generator(cfg, method_checkpoint(cfg, model, method, lang))
+        trained = METHODS[method].checkpoint
+        generator = make_generator(cfg, method_checkpoint(cfg, model, method, lang),
+                                   None if trained else model_revision(cfg, model))
         stats[lang] = generate(generator, recs, method, out, model_name=model,
-                               render=lambda r: render_messages(r, cfg.data), batch_size=cfg.generate.batch_size,
+                               render=renderer(cfg.data, generator.tok), batch_size=cfg.generate.batch_size,
                                max_prompt_tokens=cfg.generate.max_prompt_tokens)
     return stats
 

@@ -27,7 +27,7 @@ __all__ = ['STAGES', 'METHOD_STAGES', 'ENGINE_NAME', 'KEEP_TAGS', 'Stage', 'sele
            'StageEngine', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce', 'stage_outcome',
            'outputs_summary', 'device_info', 'info', 'RemoteArtifact', 'remote_artifacts', 'unpinned', 'Check',
            'needs_gpu', 'disk_estimate_gb', 'hub_reachable', 'artifact_check', 'end_of_turn', 'template_check',
-           'preflight', 'paper_minutes', 'plan', 'pin', 'main']
+           'preflight', 'paper_minutes', 'plan', 'pin', 'build_run_mirror', 'check_mirror', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #9808d80e
 @dataclass(frozen=True)
@@ -319,8 +319,9 @@ class Check:
 
 
 def needs_gpu(cfg: RunConfig) -> bool:
-    "True when the config asks for an accelerator (vLLM, bf16 training, a cuda device)."
-    return (cfg.generate.backend == "vllm" or cfg.sft.bf16 or cfg.preference.bf16
+    """True when the config asks for an accelerator: vLLM, DeepSpeed, NCCL or a `cuda` device. (bf16 autocast alone
+    runs on CPUs too: the rehearsal trains with it.)"""
+    return (cfg.generate.backend == "vllm" or bool(cfg.launch.deepspeed_config) or cfg.launch.backend == "nccl"
             or "cuda" in (cfg.critic.device, cfg.features.lm_device, cfg.metrics.mauve_device))
 
 
@@ -336,9 +337,9 @@ def disk_estimate_gb(cfg: RunConfig) -> float:
     langs = len(cfg.sft.languages)
     gb = 0.0
     for m in cfg.models.policies:
-        p = _params_billions(m) if _is_remote(m) else 0.001
+        p = _params_billions(m) if _is_remote(m) and not cfg.hub_mirror else 0.001   # mirror: tiny stand-ins
         gb += p * 2 * trained * langs + p * 14 + p * 2
-    return round(gb + 20.0 * (cfg.data.source_mode == "hub"), 1)
+    return round(gb + 20.0 * (cfg.data.source_mode == "hub" and not cfg.hub_mirror), 1)
 
 # %% ../nbs/11_reproduce.ipynb #6dc48986
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -392,7 +393,7 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
     "The policy's chat template renders the renderer's messages and closes an assistant turn with a special token."
     from transformers import AutoTokenizer
     from polyalign.core import base_model_path
-    from polyalign.data import render_messages
+    from polyalign.data import accepts_system_role, renderer
     path = base_model_path(cfg, model)
     if model == "tiny" and not Path(path).is_dir():
         return Check(f"chat template {model}", True, "built by the core stage")
@@ -405,12 +406,15 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
     rec = {"id": "preflight", "language": "en", "track": "single", "family": "qa", "style_bucket": "qa_search",
            "question": "Why?", "context": "", "dialogue_history": None, "length_bin": "short"}
     try:
-        tok.apply_chat_template(render_messages(rec, cfg.data), tokenize=False, add_generation_prompt=True)
+        folded = not accepts_system_role(tok)
+        tok.apply_chat_template(renderer(cfg.data, tok)(rec), tokenize=False, add_generation_prompt=True)
     except Exception as e:
         return Check(f"chat template {model}", False, f"rejects the renderer's messages: {str(e)[:80]}",
-                     "fold the system text into the first user turn for this model (the renderer's system role)")
+                     "give the model a chat template that takes user/assistant turns (`models.trust_remote_code`"
+                     " or a local copy with a fixed template)")
     eot = end_of_turn(tok)
-    return Check(f"chat template {model}", eot is not None, f"renders; end of turn {eot!r}",
+    how = "renders (no system role: system text folded into the first user turn)" if folded else "renders"
+    return Check(f"chat template {model}", eot is not None, f"{how}; end of turn {eot!r}",
                  "give the tokenizer a chat template whose assistant turns end with a special token")
 
 # %% ../nbs/11_reproduce.ipynb #4ea8916e
@@ -419,6 +423,14 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     import importlib.util
     import shutil
     checks, arts, loose = [], remote_artifacts(cfg), unpinned(cfg)
+    if cfg.hub_mirror:   # this profile's hub is the local mirror: build it (as the core stage does) and read it
+        from polyalign.core import hub_mirror_dir, use_hub_cache
+        built = build_run_mirror(cfg)
+        use_hub_cache(hub_mirror_dir(cfg))
+        bad = [a.repo_id for a, sha in built if a.revision != sha]
+        checks.append(Check("mirror", not bad, f"{len(built)} artifacts in the local hub mirror at {hub_mirror_dir(cfg)}"
+                            + (f"; not at their pins: {', '.join(bad[:3])}" if bad else ""),
+                            f"run `polyalign pin --profile {cfg.profile}`"))
     names = ", ".join(a.repo_id for a in loose[:4]) + (" ..." if len(loose) > 4 else "")
     checks.append(Check("pins", not loose or allow_unpinned,
                         f"{len(arts) - len(loose)} of {len(arts)} remote artifacts pinned" + (f"; unpinned: {names}"
@@ -469,7 +481,7 @@ _STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/ta
                  "sft": "checkpoints/*/{full_sft,bucket_sft}-*, figures/sft_loss.*", "generate": "predictions/",
                  "critic": "critic/, predictions/*/bucket_sft.*", "preference": "pairs/, checkpoints/*/{dpo,hdpo}-*",
                  "metrics": "tables/table2_*, metrics/"}
-_STAGE_LOADS = {"data": ("dataset",), "features": ("features.scorer",), "sft": ("models.policies",),
+_STAGE_LOADS = {"data": ("dataset", "url"), "features": ("features.scorer",), "sft": ("models.policies",),
                 "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),
                 "metrics": ("metrics.mauve_featurizer",)}
 
@@ -483,31 +495,69 @@ def plan(cfg: RunConfig) -> str:
         loads = [f"{a.repo_id}@{a.revision[:12] or 'UNPINNED'}" for a in arts
                  if a.kind in keys or any(a.used_by.startswith(k) for k in keys)]
         if st.name == "core" and "tiny" in cfg.models.policies: loads = ["tiny model built locally"]
+        if st.name == "core" and cfg.hub_mirror: loads = [f"builds the local hub mirror ({len(arts)} artifacts)"]
+        f = cfg.features
+        if st.name == "features" and f.lm_features and _is_remote(f.scorer):   # may share a policy's entry
+            loads = [f"{f.scorer}@{(f.scorer_revision or cfg.models.revisions.get(f.scorer, ''))[:12] or 'UNPINNED'}"]
         mins = paper_minutes(cfg, st.name)
         lines.append(f"{st.name} | {', '.join(loads) or '-'} | {_STAGE_WRITES.get(st.name, '-')} | "
                      + (f"{mins / 60:.1f} h" if mins else "-"))
     return "\n".join(lines)
 
 # %% ../nbs/11_reproduce.ipynb #3e455db6
+def _set_pin(pins: dict, a: RemoteArtifact, sha: str) -> None:
+    "Put `sha` where the config reads the revision of `a` (`a.config_key`; hub ids may contain dots)."
+    section, *rest = a.config_key.split(".")
+    if a.config_key == "features.scorer_revision": pins.setdefault("features", {})["scorer_revision"] = sha
+    else: pins.setdefault(section, {}).setdefault(rest[0], {})[".".join(rest[1:])] = sha
+
+
 def pin(profile: str, sets: list[str] | None = None, api=None) -> Path:
-    "Resolve every remote artifact of a profile to its current hub commit and write `<profile>.pins.yaml`."
+    """Resolve every remote artifact of a profile to its current hub commit and write `<profile>.pins.yaml`. A
+    `hub_mirror` profile is pinned to the revisions of the mirror this package builds (no network)."""
     from huggingface_hub import HfApi
     from polyalign.core import atomic_write_text, config_dir, pins_path, read_yaml
     cfg = load_config(profile, sets)
-    api = api or HfApi()
     path = pins_path(Path(profile) if Path(profile).is_file() else config_dir() / f"{profile}.yaml")
     pins = read_yaml(path) if path.is_file() else {}
+    if cfg.hub_mirror:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            for a, sha in build_run_mirror(cfg, tmp): _set_pin(pins, a, sha)
+        return atomic_write_text(path, yaml.safe_dump(pins, sort_keys=True, allow_unicode=True))
+    api = api or HfApi()
     for a in remote_artifacts(cfg):
         if a.kind == "url":   # no hub API: a GitHub commit or the files' content revision is set by hand
             log.warning("pin: %s is a URL; set %s yourself (a git commit, or the content revision of its files)",
                         a.repo_id, a.config_key)
             continue
         sha = (api.model_info if a.kind == "model" else api.dataset_info)(a.repo_id).sha
-        section, *rest = a.config_key.split(".")
-        if a.config_key == "features.scorer_revision": pins.setdefault("features", {})["scorer_revision"] = sha
-        else: pins.setdefault(section, {}).setdefault(rest[0], {})[".".join(rest[1:])] = sha
+        _set_pin(pins, a, sha)
         log.info("pin: %s %s -> %s", a.kind, a.repo_id, sha)
     return atomic_write_text(path, yaml.safe_dump(pins, sort_keys=True, allow_unicode=True))
+
+# %% ../nbs/11_reproduce.ipynb #3eee8a19
+def build_run_mirror(cfg: RunConfig, cache_dir: str | Path | None = None) -> list[tuple[RemoteArtifact, str]]:
+    """Fill the hub cache `cache_dir` (default: the run's `hub/`) with what the config loads from the hub: tiny
+    stand-ins for its models, the bundled fixtures for its sources. Returns each remote artifact with the revision
+    built for it."""
+    from polyalign.core import hub_mirror_dir
+    from polyalign.sources import build_hub_mirror, configured_sources
+    from polyalign.tiny import mirror_models
+    cache = Path(cache_dir) if cache_dir else hub_mirror_dir(cfg)
+    arts = remote_artifacts(cfg)
+    models = mirror_models(cache, [a.repo_id for a in arts if a.kind == "model"], cfg.models.tiny)
+    data = build_hub_mirror(cache, configured_sources(cfg.data)) if cfg.data.source_mode == "hub" else {}
+    return [(a, models[a.repo_id] if a.kind == "model" else data[a.used_by.rsplit(".", 1)[1]]) for a in arts]
+
+
+def check_mirror(built: Sequence[tuple[RemoteArtifact, str]], profile: str) -> None:
+    "Raise `ConfigError` when a built mirror revision differs from the one the profile pins."
+    bad = [f"{a.repo_id} built {sha[:12]}, pinned {a.revision[:12] or 'nothing'}" for a, sha in built
+           if a.revision != sha]
+    if bad:
+        raise ConfigError(f"the local hub mirror does not match the pins ({'; '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}): run `polyalign pin --profile {profile}`")
 
 # %% ../nbs/11_reproduce.ipynb #48ba130b
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ from .core import TinyModelSpec, derive_seed
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'LLAMA3_TEMPLATE', 'GEMMA2_TEMPLATE', 'CHAT_FAMILIES', 'MODEL_KINDS',
-           'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model', 'build_tiny']
+           'STAND_IN_FAMILIES', 'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model',
+           'build_tiny', 'stand_in_family', 'mirror_models']
 
 # %% ../nbs/00a_tiny.ipynb #e3b892e3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -190,5 +191,36 @@ def build_tiny(out_dir: str | Path,  # where the tokenizer and model are saved
     model = build_model(tok, spec, seed, kind, architecture=fam.architecture)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()                       # one shard of a few MB: no progress bar
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        if bars: hf_logging.enable_progress_bar()
     return out_dir
+
+# %% ../nbs/00a_tiny.ipynb #e477f5f5
+# hub id prefix -> the chat family of its stand-in (anything else: ChatML, as Qwen2.5)
+STAND_IN_FAMILIES = (("google/gemma", "gemma2"), ("meta-llama/", "llama3"))
+
+
+def stand_in_family(repo_id: str) -> str:
+    "The tiny chat family that stands in for a hub model id (`STAND_IN_FAMILIES`; ChatML when none matches)."
+    return next((fam for prefix, fam in STAND_IN_FAMILIES if repo_id.startswith(prefix)), "chatml")
+
+
+def mirror_models(cache_dir: str | Path,  # the hub cache the stand-ins are written to
+                  repo_ids: Iterable[str],  # hub model ids (`org/name` or `name`)
+                  spec: TinyModelSpec = TinyModelSpec(),  # sizes of every stand-in
+                  seed: int = 0,  # with the id, seeds each stand-in's corpus sample and weights
+                 ) -> dict[str, str]:
+    "Build a tiny stand-in for each hub model id and write it into the hub cache as that repository; {id: revision}."
+    import tempfile
+    from polyalign.core import hub_cache_dir_repo
+    out = {}
+    for rid in dict.fromkeys(repo_ids):
+        with tempfile.TemporaryDirectory() as tmp:
+            build_tiny(tmp, spec, seed=derive_seed(seed, "stand-in", rid), family=stand_in_family(rid))
+            out[rid] = hub_cache_dir_repo(tmp, rid, cache_dir)
+    return out
