@@ -52,7 +52,7 @@ def test_stage_config_sets_offline(monkeypatch):
 
 
 @pytest.mark.parametrize("make_args, expect", [
-    (lambda p: ["--profile", "nosuch"], "unknown profile 'nosuch' (known: paper, tiny)"),
+    (lambda p: ["--profile", "nosuch"], "unknown profile 'nosuch' (known: paper, rehearsal, tiny)"),
     (lambda p: ["--profile", str(p / "missing.yaml")], "config file not found:"),
     (lambda p: ["--profile", str(p / "bad.yaml")], "malformed YAML in"),
     (lambda p: ["--profile", "tiny", "--set", "models.tiny.depth=3"], "unknown config key 'models.tiny.depth'"),
