@@ -12,26 +12,29 @@ import pickle
 import re
 from bisect import bisect_left
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import (HAN, LANGUAGES, SPLITS, RunConfig, StageResult, atomic_path, log, read_parquet, run_path,
-                            run_stage, stable_hash, write_json, write_parquet)
+from .core import (HAN, LANGUAGES, SPLITS, RunConfig, StageResult, atomic_path, file_hash, log, read_parquet,
+                            run_path, run_stage, stable_hash, write_json, write_parquet)
 
 # %% auto #0
 __all__ = ['KINDS', 'FEATURES_VERSION', 'LM_FEATURES', 'TEXT_FEATURES', 'FEATURE_CATALOGUE', 'TEXT_FEATURE_NAMES',
-           'LM_FEATURE_NAMES', 'FEATURE_INDEX', 'STAT_NAMES', 'QUANTILES', 'REFERENCES_META_KEY', 'Feature',
-           'catalogue_frame', 'FeatureResourceError', 'vader_lexicon', 'hownet_lexicon', 'english_stop_words',
-           'check_resources', 'syllables', 'sentence_spans_en', 'sentence_spans_zh', 'FeatureMatrix', 'text_features',
-           'extract_features', 'lm_condition_text', 'lm_prompts', 'LMScorer', 'References', 'fit_references',
-           'features_data_files', 'features_inputs', 'feature_scorer', 'split_features', 'run_references',
-           'references_summary', 'write_features', 'features_stage', 'bucket_table']
+           'LM_FEATURE_NAMES', 'FEATURE_INDEX', 'STAT_NAMES', 'QUANTILES', 'REFERENCES_META_KEY', 'FEATURES_SHARD_KEY',
+           'Feature', 'catalogue_frame', 'FeatureResourceError', 'vader_lexicon', 'hownet_lexicon',
+           'english_stop_words', 'check_resources', 'syllables', 'sentence_spans_en', 'sentence_spans_zh',
+           'FeatureMatrix', 'text_features', 'extract_features', 'lm_condition_text', 'lm_prompts', 'lm_head_parts',
+           'head_logits', 'target_logprobs', 'check_lm_head', 'LMScorer', 'References', 'fit_references',
+           'features_data_files', 'features_inputs', 'feature_scorer', 'feature_names', 'extraction_key',
+           'shard_identity', 'data_shards', 'shard_features', 'shard_identity_of', 'write_shard', 'feature_shards',
+           'assemble_shards', 'split_features', 'run_references', 'references_summary', 'write_features',
+           'features_stage', 'bucket_table']
 
 # %% ../nbs/02_features.ipynb #8a1ee0ac
 KINDS = ("count", "ratio", "nonneg", "signed", "real", "flag")
@@ -896,7 +899,65 @@ def _load_causal_lm(model: str | Path, revision: str | None, device: str, dtype:
         raise FeatureResourceError(f"cannot load the scorer model '{model}': {str(e).splitlines()[0]}") from None
     return tokenizer, lm.to(device).eval(), device
 
+# %% ../nbs/02_features.ipynb #ce8b158e
+def lm_head_parts(model) -> tuple:
+    """(base model, LM head, logit soft-cap) of a causal LM: the base model returns the final hidden states (its final
+    norm included), the head maps them to logits, and the soft-cap is Gemma-2's `final_logit_softcapping` (else None)."""
+    base, head = model.base_model, model.get_output_embeddings()
+    if base is model or head is None:
+        raise FeatureResourceError(f"{type(model).__name__} has no separate base model and LM head to score in chunks")
+    return base, head, getattr(model.config, "final_logit_softcapping", None)
+
+
+def head_logits(head, hidden, softcap: float | None = None):
+    "The head's logits of `hidden`, soft-capped as Gemma-2 caps them (cap · tanh(logits / cap)) when `softcap` is set."
+    import torch
+    logits = head(hidden)
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
+def target_logprobs(head,                          # the LM head (hidden size -> vocabulary)
+                    hidden,                        # final hidden states, positions × hidden size
+                    targets,                       # the token that follows each position
+                    chunk_tokens: int,             # positions per chunk: at most chunk_tokens × vocabulary logits
+                    softcap: float | None = None,  # Gemma-2's final logit soft-cap
+                   ):
+    "log p(target) at every position (float32), the head applied to `chunk_tokens` positions at a time."
+    import torch
+    if chunk_tokens < 1: raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    for s in range(0, len(targets), chunk_tokens):
+        logits = head_logits(head, hidden[s:s + chunk_tokens], softcap).float()
+        out[s:s + chunk_tokens] = logits.gather(1, targets[s:s + chunk_tokens, None])[:, 0] - logits.logsumexp(-1)
+    return out
+
+
+def check_lm_head(model, probe: Sequence[int], rtol: float = 1e-3) -> None:
+    """Fail unless `lm_head_parts` reproduces the model's own log-probabilities on the token ids `probe`: a model that
+    changes its logits in another way is refused, not scored wrongly."""
+    import torch
+    base, head, cap = lm_head_parts(model)
+    ids = torch.tensor([list(probe)], device=model.device)
+    with torch.inference_mode():
+        ref = model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        ours = head_logits(head, base(input_ids=ids, use_cache=False).last_hidden_state, cap).float().log_softmax(-1)
+    err = float((ours - ref).norm() / ref.norm().clamp(min=1e-12))
+    if not err <= rtol:
+        raise FeatureResourceError(f"{type(model).__name__}: its logits are not its LM head's (relative difference "
+                                   f"{err:.2g}), so the chunked scorer cannot score with it")
+
 # %% ../nbs/02_features.ipynb #e109bf51
+def _left_pad(seqs: list[list[int]], pad_id: int):
+    "Left-padded ids, attention mask and position ids (0 at each row's first real token) of a batch of sequences."
+    import torch
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, L - len(s):] = torch.tensor(s); mask[r, L - len(s):] = 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
 class LMScorer:
     "Scores answers with one causal LM (`AutoModelForCausalLM`, safetensors only, no remote code unless asked)."
 
@@ -908,38 +969,39 @@ class LMScorer:
                  dtype: str = "auto",             # auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16
                  max_length: int = 1024,          # tokens per scored sequence (prefix trimmed from the left first)
                  batch_size: int = 8,             # sequences per forward pass
+                 chunk_tokens: int = 1024,        # positions per LM-head chunk (bounds the logits held at once)
                  trust_remote_code: bool = False, # run the checkpoint's own code (only when the config says so)
                 ):
+        if chunk_tokens < 1: raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         self.tokenizer, self.model, self.device = _load_causal_lm(model, revision, device, dtype, trust_remote_code)
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         if start is None:
             raise FeatureResourceError(f"scorer '{model}' has neither a BOS nor an EOS token to start from")
         self.start_id, self.max_length, self.batch_size = int(start), int(max_length), int(batch_size)
-        self.name = str(model)
+        self.name, self.chunk_tokens = str(model), int(chunk_tokens)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.start_id
+        self.base, self.head, self.softcap = lm_head_parts(self.model)
+        check_lm_head(self.model, [self.start_id, 1, 2, 3, 4, 5, 6, 7])
 
     def _surprisals(self, seqs: list[list[int]], n_scored: list[int]) -> list[np.ndarray]:
-        "Per-token surprisal (nats) of the last `n_scored[i]` tokens of each sequence."
+        "Per-token surprisal (nats) of the last `n_scored[i]` tokens of each sequence (the head sees only those)."
         import torch
         out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         for b in range(0, len(order), self.batch_size):
             idx = [i for i in order[b:b + self.batch_size] if n_scored[i] > 0]
             if not idx: continue
-            L, k = max(len(seqs[i]) for i in idx), max(n_scored[i] for i in idx)
-            ids = torch.full((len(idx), L), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), L), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, L - len(seqs[i]):] = torch.tensor(seqs[i]); mask[r, L - len(seqs[i]):] = 1
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    position_ids=pos.to(self.device), logits_to_keep=k + 1).logits
-                for r, i in enumerate(idx):
-                    n = n_scored[i]
-                    lp = torch.log_softmax(logits[r, -n - 1:-1].float(), dim=-1)
-                    tgt = ids[r, L - n:].to(lp.device)
-                    out[i] = (-lp.gather(1, tgt[:, None])[:, 0]).double().cpu().numpy()
+            ids, mask, pos = _left_pad([seqs[i] for i in idx], self.pad_id)
+            L, n = ids.shape[1], [n_scored[i] for i in idx]
+            # the state at position t predicts token t + 1, and a row's scored tokens are its last n
+            rows = torch.cat([torch.full((k,), r) for r, k in enumerate(n)])
+            at = torch.cat([torch.arange(L - k - 1, L - 1) for k in n])
+            with torch.inference_mode():
+                hidden = self.base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                   position_ids=pos.to(self.device), use_cache=False).last_hidden_state
+                lp = target_logprobs(self.head, hidden[rows.to(self.device), at.to(self.device)],
+                                     ids[rows, at + 1].to(self.device), self.chunk_tokens, self.softcap)
+            for i, s in zip(idx, np.split((-lp).double().cpu().numpy(), np.cumsum(n)[:-1])): out[i] = s
         return out
 
     def score(self, texts: Sequence[str], prompts: Sequence[str] | None = None,
@@ -1140,25 +1202,142 @@ def feature_scorer(cfg: RunConfig) -> LMScorer | None:
     if not fc.lm_features: return None
     path = run_path(cfg, "models", "tiny") if fc.scorer == "tiny" else fc.scorer
     return LMScorer(path, fc.scorer_revision or None, device=fc.lm_device, dtype=fc.lm_dtype,
-                    max_length=fc.lm_max_length, batch_size=fc.lm_batch_size,
+                    max_length=fc.lm_max_length, batch_size=fc.lm_batch_size, chunk_tokens=fc.lm_chunk_tokens,
                     trust_remote_code=cfg.models.trust_remote_code)
 
-# %% ../nbs/02_features.ipynb #f3a1c205
-def split_features(cfg: RunConfig, split: str, scorer: LMScorer | None = None) -> tuple[pd.DataFrame, FeatureMatrix]:
-    "The records of one data split (with a `split` column) and the features of their human answers."
-    path = run_path(cfg, "data", f"{split}.parquet")
-    df = read_parquet(path)
+# %% ../nbs/02_features.ipynb #9566c4b9
+FEATURES_SHARD_KEY = b"polyalign.features_shard"
+# `features` keys that never change a shard's values: Λ_b's options, the shard size (the rows are hashed), the workers
+_SHARD_FREE_KEYS = ("min_bucket_count", "support_quantiles", "quantile_method", "eps", "reference_splits", "shard_rows",
+                    "num_proc", "batch_size")
+
+
+def feature_names(cfg: RunConfig) -> list[str]:
+    "The stage's feature columns: the text features, then the LM features when `features.lm_features` is on."
+    return TEXT_FEATURE_NAMES + (LM_FEATURE_NAMES if cfg.features.lm_features else [])
+
+
+def extraction_key(cfg: RunConfig) -> str:
+    """What a shard's values depend on besides its rows: the catalogue, the `features` keys that change values and, for
+    a local scorer (the run's tiny model included), the scorer's files (a hub scorer is pinned by its revision)."""
+    fc = {k: v for k, v in asdict(cfg.features).items() if k not in _SHARD_FREE_KEYS}
+    files = None
+    if cfg.features.lm_features:
+        path = run_path(cfg, "models", "tiny") if fc["scorer"] == "tiny" else Path(fc["scorer"])
+        files = file_hash(path) if path.exists() else None
+    else:
+        fc = {k: v for k, v in fc.items() if not k.startswith(("lm_", "scorer"))}
+    return stable_hash({"version": FEATURES_VERSION, "names": feature_names(cfg), "features": fc, "scorer_files": files})
+
+
+def shard_identity(key: str, frame: pd.DataFrame, prompts: Sequence[str] | None) -> dict:
+    "What a shard file must record to be current: the extraction key, the row count and a hash of the shard's inputs."
+    inputs = [frame["id"].astype(str).tolist(), frame["language"].tolist(), frame["human_answer"].tolist(),
+              None if prompts is None else list(prompts)]
+    return {"extraction": key, "rows": len(frame), "inputs": stable_hash(inputs)}
+
+
+def data_shards(path: str | Path, rows: int, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
+    "The rows of a parquet file, `rows` at a time (the last shard may be shorter), reading only `columns`."
+    import pyarrow as pa, pyarrow.parquet as pq
+    if rows < 1: raise ValueError(f"shard rows must be >= 1, got {rows}")
+    buf, n = [], 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=list(columns)):
+        buf.append(batch); n += batch.num_rows
+        while n >= rows:
+            table = pa.Table.from_batches(buf)
+            yield table.slice(0, rows).to_pandas()
+            rest = table.slice(rows)
+            buf, n = rest.to_batches(), rest.num_rows
+    if n: yield pa.Table.from_batches(buf).to_pandas()
+
+# %% ../nbs/02_features.ipynb #6cc5a1b0
+def _data_columns(path: Path, lm: bool) -> list[str]:
+    "The columns of a data split that the features stage reads; a missing required one is an error naming the file."
+    import pyarrow.parquet as pq
+    have = pq.read_schema(path).names
     for c in ("id", "language", "bucket_id", "human_answer"):
-        if c not in df.columns: raise ValueError(f"{path} has no column {c!r}")
-    log.info("features: %s split, %d answers", split, len(df))
-    fm = extract_features(df["human_answer"].tolist(), df["language"].tolist(), ids=df["id"].tolist(),
-                          num_proc=cfg.features.num_proc, batch_size=cfg.features.batch_size, scorer=scorer,
-                          prompts=None if scorer is None else lm_prompts(df), progress=True)
-    return df.assign(split=split), fm
+        if c not in have: raise ValueError(f"{path} has no column {c!r}")
+    return [c for c in ("id", "language", "bucket_id", "human_answer") +
+            (("question", "context", "dialogue_history") if lm else ()) if c in have]
+
+
+def shard_features(cfg: RunConfig, frame: pd.DataFrame, scorer: LMScorer | None,
+                   prompts: Sequence[str] | None) -> FeatureMatrix:
+    "The features of one shard's human answers (LM features conditioned on `prompts` when there is a scorer)."
+    fc = cfg.features
+    return extract_features(frame["human_answer"].tolist(), frame["language"].tolist(), ids=frame["id"].tolist(),
+                            num_proc=fc.num_proc, batch_size=fc.batch_size, scorer=scorer, prompts=prompts,
+                            progress=True)
+
+
+def shard_identity_of(path: Path) -> dict | None:
+    "The identity a shard file records (None when the file is missing, unreadable or not a shard)."
+    import pyarrow.parquet as pq
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(FEATURES_SHARD_KEY)
+    except (OSError, ValueError):
+        return None
+    return None if raw is None else json.loads(raw)
+
+
+def write_shard(path: Path, fm: FeatureMatrix, identity: dict) -> Path:
+    "A shard's matrix in the stage's parquet layout with its identity in the metadata; written atomically."
+    import pyarrow as pa
+    table = pa.Table.from_pandas(fm.to_frame(), preserve_index=False)
+    meta = {**(table.schema.metadata or {}), FEATURES_SHARD_KEY: json.dumps(identity).encode()}
+    return write_parquet(path, table.replace_schema_metadata(meta))
+
+
+def feature_shards(cfg: RunConfig, split: str, scorer: LMScorer | None = None,
+                   key: str | None = None) -> tuple[pd.DataFrame, list[Path], int]:
+    """Bring the shard files of one split up to date: keep the current ones, compute the others (`shard_features`).
+    Returns the split's id, language, bucket_id and split columns, its shard files in order, and how many were kept."""
+    import pyarrow.parquet as pq
+    n = cfg.features.shard_rows
+    if n < 1: raise ValueError(f"features.shard_rows must be >= 1, got {n}")
+    path, key = run_path(cfg, "data", f"{split}.parquet"), key or extraction_key(cfg)
+    cols, total = _data_columns(path, scorer is not None), -(-pq.ParquetFile(path).metadata.num_rows // n)
+    out_dir = run_path(cfg, "features", "shards", split)
+    for tmp in out_dir.glob(".*.tmp"): tmp.unlink()     # left by a run killed while writing
+    frames, files, kept = [], [], 0
+    for k, df in enumerate(data_shards(path, n, cols)):
+        prompts = None if scorer is None else lm_prompts(df)
+        identity, file = shard_identity(key, df, prompts), out_dir / f"{k:05d}.parquet"
+        if shard_identity_of(file) == identity:
+            kept += 1
+        else:
+            log.info("features: %s shard %d/%d, %d answers", split, k + 1, total, len(df))
+            write_shard(file, shard_features(cfg, df, scorer, prompts), identity)
+        frames.append(df[["id", "language", "bucket_id"]]); files.append(file)
+    for stale in sorted(out_dir.glob("*.parquet")):
+        if stale not in files: stale.unlink()           # shards of a longer split or another shard size
+    log.info("features: %s split, %d shards (%d kept, %d computed)", split, len(files), kept, len(files) - kept)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "language", "bucket_id"])
+    return frame.assign(split=split), files, kept
+
+# %% ../nbs/02_features.ipynb #24d2f63b
+def assemble_shards(files: Sequence[Path], names: Sequence[str]) -> FeatureMatrix:
+    "One split's feature matrix from its shard files, in order (the matrix is allocated once, then filled)."
+    import pyarrow.parquet as pq
+    values = np.empty((sum(pq.ParquetFile(f).metadata.num_rows for f in files), len(names)), np.float32)
+    ids, at = [], 0
+    for f in files:
+        m = FeatureMatrix.from_frame(read_parquet(f))
+        if m.names != list(names): raise ValueError(f"{f} does not hold the run's features; delete it and rerun")
+        values[at:at + len(m)] = m.values; ids += m.ids; at += len(m)
+    return FeatureMatrix(values, list(names), ids)
+
+
+def split_features(cfg: RunConfig, split: str, scorer: LMScorer | None = None,
+                   key: str | None = None) -> tuple[pd.DataFrame, FeatureMatrix]:
+    "The records of one data split (id, language, bucket_id, split) and the features of their human answers (sharded)."
+    frame, files, _ = feature_shards(cfg, split, scorer, key)
+    return frame, assemble_shards(files, feature_names(cfg))
 
 
 def run_references(cfg: RunConfig, frames: dict[str, pd.DataFrame], mats: dict[str, FeatureMatrix]) -> References:
-    "Λ_b of the run from every split's records and features, with the `features` config."
+    "Λ_b of the run from the records and features of its splits (only `features.reference_splits` are used)."
     fc = cfg.features
     frame = pd.concat(list(frames.values()), ignore_index=True)
     pooled = FeatureMatrix(np.vstack([mats[s].values for s in frames]), mats[next(iter(frames))].names,
@@ -1169,30 +1348,35 @@ def run_references(cfg: RunConfig, frames: dict[str, pd.DataFrame], mats: dict[s
     return refs
 
 # %% ../nbs/02_features.ipynb #f3a1c208
-def references_summary(refs: References, mats: dict[str, FeatureMatrix]) -> dict:
-    "What the manifest records about the features and Λ_b."
+def references_summary(refs: References, rows: dict[str, int], shards: dict[str, dict] | None = None) -> dict:
+    "What the manifest records about the features, their shards and Λ_b."
     return {"n_features": len(refs.features), "buckets": len(refs.buckets),
             "eligible_buckets": int(refs.eligible.sum()),
             "ineligible": {b: int(c) for b, c, e in zip(refs.buckets, refs.bucket_count, refs.eligible) if not e},
-            "rows_per_split": {s: len(m) for s, m in mats.items()}, "version": FEATURES_VERSION,
-            "scorer": refs.meta["scorer"]}
+            "rows_per_split": dict(rows), "version": FEATURES_VERSION, "scorer": refs.meta["scorer"],
+            **({"shards": shards} if shards is not None else {})}
 
 
 def write_features(cfg: RunConfig) -> StageResult:
-    "Features of every split, Λ_b and the catalogue under `<run_dir>/features/` (the body of the features stage)."
-    out_dir = run_path(cfg, "features")
-    scorer = feature_scorer(cfg)
-    frames, mats, outputs = {}, {}, []
+    """Features of every split (through their shards), Λ_b and the catalogue under `<run_dir>/features/` (the body of
+    the features stage). Only the reference splits' matrices are held until Λ_b is fit."""
+    fc, out_dir = cfg.features, run_path(cfg, "features")
+    if not fc.reference_splits: raise ValueError("features.reference_splits is empty: Λ_b needs at least one split")
+    scorer, key = feature_scorer(cfg), extraction_key(cfg)
+    frames, mats, rows, shards, outputs = {}, {}, {}, {}, []
     for s in SPLITS:
-        frames[s], mats[s] = split_features(cfg, s, scorer)
-        outputs.append(write_parquet(out_dir / f"{s}.parquet", mats[s].to_frame()))
+        frame, files, kept = feature_shards(cfg, s, scorer, key)
+        fm = assemble_shards(files, feature_names(cfg))
+        outputs.append(write_parquet(out_dir / f"{s}.parquet", fm.to_frame()))
+        rows[s], shards[s] = len(fm), {"shards": len(files), "kept": kept}
+        if s in fc.reference_splits: frames[s], mats[s] = frame, fm
     refs = run_references(cfg, frames, mats)
     outputs.append(refs.save(out_dir / "references.parquet"))
-    catalogue = catalogue_frame(lm=cfg.features.lm_features).to_dict(orient="records")
+    catalogue = catalogue_frame(lm=fc.lm_features).to_dict(orient="records")
     outputs.append(write_json(out_dir / "catalogue.json", catalogue))
-    n = sum(len(m) for m in mats.values())
+    n = sum(rows.values())
     return StageResult(outputs=outputs, rows_in=n, rows_out=n, rows_rejected=0,
-                       extra={"features": references_summary(refs, mats)})
+                       extra={"features": references_summary(refs, rows, shards)})
 
 
 def features_stage(cfg: RunConfig) -> StageResult:
