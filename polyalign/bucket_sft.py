@@ -17,16 +17,17 @@ import pandas as pd
 import torch
 
 from .core import (METHODS, ConfigError, StageResult, base_model_path, derive_seed, log, methods_for,
-                            model_slug, run_path, run_stage, write_json)
-from .data import render_messages
+                            model_revision, model_slug, run_path, run_stage)
+from .data import renderer
+from .train import TrainJob, accumulation_steps, max_length_for, one_device, train_part, world_size
 
 # %% auto #0
 __all__ = ['SFT_SECTIONS', 'BUCKET_WEIGHTED', 'bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk',
            'ExtraColumnsCollator', 'ExtraColumnsMixin', 'BucketSFTConfig', 'BucketSFTTrainer', 'per_example_token_nll',
            'trainer_arguments', 'sft_arguments', 'lora_config', 'load_tokenizer', 'load_causal_lm', 'make_sft_trainer',
-           'train_sft', 'train_and_record', 'sft_dataset', 'fit_train_records', 'sft_examples', 'train_method',
-           'loss_histories', 'plot_loss_curves', 'language_bucket_weights', 'weight_report', 'write_bucket_weights',
-           'training_summary', 'sft_stage']
+           'sft_dataset', 'fit_train_records', 'sft_examples', 'sft_trainer', 'train_method', 'loss_histories',
+           'plot_loss_curves', 'language_bucket_weights', 'weight_report', 'write_bucket_weights', 'training_summary',
+           'sft_stage']
 
 # %% ../nbs/03_bucket_sft.ipynb #0e8c6da3
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -79,14 +80,17 @@ def macro_risk(losses: Sequence[float], buckets: Sequence[str]) -> float:
 
 # %% ../nbs/03_bucket_sft.ipynb #48dd70b2
 class ExtraColumnsCollator:
-    "Wrap a TRL collator: take `columns` out of each example and return them as float32 tensors beside the batch."
+    """Wrap a TRL collator: take `columns` out of each example and return them as float32 tensors beside the batch.
+    `seen` counts, per column, the examples collated and the sum of their values (what each rank trained on)."""
     def __init__(self, base, columns: Sequence[str]):
         self.base, self.columns = base, tuple(columns)
+        self.seen = {k: [0, 0.0] for k in self.columns}
 
     def __call__(self, examples):
         extra = {k: torch.tensor([float(e[k]) for e in examples], dtype=torch.float32) for k in self.columns}
         batch = self.base([{k: v for k, v in e.items() if k not in self.columns} for e in examples])
         batch.update(extra)
+        for k, v in extra.items(): self.seen[k] = [self.seen[k][0] + len(v), self.seen[k][1] + float(v.sum())]
         return batch
 
 
@@ -222,42 +226,38 @@ def per_example_token_nll(model, batch) -> torch.Tensor:
     return -(tok.sum(1) / mask.sum(1).clamp(min=1))
 
 # %% ../nbs/03_bucket_sft.ipynb #5dd0c705
-def _world_size() -> int:
-    import os
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def trainer_arguments(config_cls,  # the TRL config class: `SFTConfig`, `BucketSFTConfig`, `DPOConfig`, ...
-                      section,     # the run config section with the training fields (`cfg.sft`, `cfg.preference`)
-                      output_dir,  # where the trainer writes its checkpoints
+def trainer_arguments(config_cls,                    # TRL config class: `SFTConfig`, `BucketSFTConfig`, `DPOConfig`...
+                      section,                       # the config section with the training fields (`cfg.sft`, ...)
+                      output_dir,                    # where the trainer writes its checkpoints
                       *,
-                      name: str,   # the section's name in the config, for error messages
-                      seed: int,   # the run seed (initialisation and data order)
-                      **options):  # fields of `config_cls` beyond the shared ones (`beta`, `completion_only_loss`...)
-    "TRL arguments from a config section; the global batch is `examples_per_step` examples at any world size."
-    per_step = section.per_device_batch_size * _world_size()
-    if section.examples_per_step % per_step:
-        raise ConfigError(f"{name}.examples_per_step={section.examples_per_step} is not a multiple of "
-                          f"per_device_batch_size x devices = {per_step}")
-    return config_cls(output_dir=str(output_dir), per_device_train_batch_size=section.per_device_batch_size,
-                      gradient_accumulation_steps=section.examples_per_step // per_step,
-                      learning_rate=section.learning_rate, num_train_epochs=section.num_train_epochs,
-                      lr_scheduler_type=section.lr_scheduler_type, warmup_steps=section.warmup_ratio,
-                      max_length=section.max_length, bf16=section.bf16,
-                      gradient_checkpointing=section.gradient_checkpointing, logging_steps=section.logging_steps,
-                      save_strategy="steps", save_steps=section.save_steps, save_total_limit=section.save_total_limit,
-                      report_to=[], seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
-                      disable_tqdm=False, **options)
+                      name: str,                     # the section's name in the config, for error messages
+                      seed: int,                     # the run seed (initialisation and data order)
+                      max_length: int | None = None, # the model's and language's (`max_length_for`); None: section's
+                      world: int | None = None,      # training processes; None: this run's (`world_size()`)
+                      **options):                    # further `config_cls` fields (`beta`, `deepspeed`, ...)
+    """TRL arguments from a config section: `examples_per_step` examples per optimiser step over `world` processes,
+    bf16 autocast when `section.bf16` (the weights stay fp32), one device per process."""
+    world = world_size() if world is None else world
+    shared = dict(output_dir=str(output_dir), per_device_train_batch_size=section.per_device_batch_size,
+                  gradient_accumulation_steps=accumulation_steps(section, name, world),
+                  learning_rate=section.learning_rate, num_train_epochs=section.num_train_epochs,
+                  lr_scheduler_type=section.lr_scheduler_type, warmup_steps=section.warmup_ratio,
+                  max_length=max_length or section.max_length, bf16=section.bf16,
+                  gradient_checkpointing=section.gradient_checkpointing, logging_steps=section.logging_steps,
+                  save_strategy="steps", save_steps=section.save_steps, save_total_limit=section.save_total_limit,
+                  report_to=[], seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=False)
+    return one_device(config_cls(**{**shared, **options}))
 
 
 def sft_arguments(sft,              # the run config's `sft` section
                   output_dir,       # where checkpoints go
                   *,
                   seed: int,        # the run seed
-                  weighted: bool):  # Bucket-SFT (True) or Full-SFT (False)
+                  weighted: bool,   # Bucket-SFT (True) or Full-SFT (False)
+                  **options):       # `max_length`, `world` and further config fields, as in `trainer_arguments`
     "TRL arguments for Full-SFT (`weighted=False`: stock `SFTConfig`) or Bucket-SFT (`BucketSFTConfig`)."
     return trainer_arguments(BucketSFTConfig if weighted else SFTConfig, sft, output_dir, name="sft", seed=seed,
-                             completion_only_loss=True, dataloader_num_workers=0)
+                             completion_only_loss=True, dataloader_num_workers=0, **options)
 
 
 def lora_config(section):
@@ -270,64 +270,43 @@ def lora_config(section):
                       target_modules=getattr(section, "lora_target_modules", "all-linear"), task_type="CAUSAL_LM")
 
 # %% ../nbs/03_bucket_sft.ipynb #83545feb
-def load_tokenizer(model_path, trust_remote_code: bool = False):
+def load_tokenizer(model_path,                      # a local checkpoint directory or a hub id
+                   trust_remote_code: bool = False, # as `models.trust_remote_code`
+                   revision: str | None = None):    # the pinned hub revision (`model_revision`); None for local ones
     "The checkpoint's tokenizer, with the end-of-sequence token as padding when it has none."
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, revision=revision)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(model_path, *, bf16: bool, trust_remote_code: bool = False):
-    "The checkpoint as a causal LM in bf16 or fp32 (the trainers' master weights)."
+def load_causal_lm(model_path, *, revision: str | None = None, trust_remote_code: bool = False):
+    "The checkpoint as a causal LM with fp32 weights: the trainers' master weights (bf16 is autocast, never storage)."
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code,
-                                                dtype=torch.bfloat16 if bf16 else torch.float32)
+    return AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code, revision=revision,
+                                                dtype=torch.float32)
 
 
-def make_sft_trainer(model_path,                       # the base checkpoint (a local directory or a hub id)
-                     dataset,                          # examples from `sft_dataset` (with a weight column)
-                     sft,                              # the run config's `sft` section
-                     output_dir,                       # where checkpoints go
+def make_sft_trainer(model_path,                        # the base checkpoint (a local directory or a hub id)
+                     dataset,                           # examples from `sft_dataset` (with a weight column)
+                     sft,                               # the run config's `sft` section
+                     output_dir,                        # where checkpoints go
                      *,
-                     weighted: bool,                   # Bucket-SFT (True) or Full-SFT (False)
-                     seed: int,                        # the run seed
-                     trust_remote_code: bool = False): # as `models.trust_remote_code`
+                     weighted: bool,                    # Bucket-SFT (True) or Full-SFT (False)
+                     seed: int,                         # the run seed
+                     trust_remote_code: bool = False,   # as `models.trust_remote_code`
+                     revision: str | None = None,       # the base checkpoint's pinned hub revision
+                     **options):                        # `max_length`, `world`, worker options (`sft_arguments`)
     "Stock `SFTTrainer` (Full-SFT; the weight column is dropped) or `BucketSFTTrainer`, on the same data."
-    tok = load_tokenizer(model_path, trust_remote_code)
-    model = load_causal_lm(model_path, bf16=sft.bf16, trust_remote_code=trust_remote_code)
-    args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted)
+    args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted, **options)
+    tok = load_tokenizer(model_path, trust_remote_code, revision)
+    model = load_causal_lm(model_path, revision=revision, trust_remote_code=trust_remote_code)
     if not weighted and "weight" in dataset.column_names: dataset = dataset.remove_columns("weight")
     cls = BucketSFTTrainer if weighted else SFTTrainer
     tr = cls(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(sft))
     # both trainers drop examples with no supervised token left after truncation; count them alike
     tr.skipped_unsupervised = len(dataset) - len(tr.train_dataset)
     return tr
-
-
-def train_sft(trainer, output_dir) -> dict:
-    "Train, resuming from the newest checkpoint in `output_dir` if there is one; save the final model to `final/`."
-    from transformers.trainer_utils import get_last_checkpoint
-    output_dir = Path(output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last: log.info("resuming %s from %s", output_dir.name, last)
-    result = trainer.train(resume_from_checkpoint=last)
-    final = output_dir / "final"
-    trainer.save_model(str(final))
-    trainer.processing_class.save_pretrained(str(final))
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"final": str(final), "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-            "resumed_from": last, "history": history,
-            "skipped_unsupervised": getattr(trainer, "skipped_unsupervised", 0)}
-
-
-def train_and_record(trainer, output_dir, rows_in: int) -> StageResult:
-    "`train_sft`, then `output_dir/loss_history.json`; the part's result: final checkpoint, history, rows trained."
-    res = train_sft(trainer, output_dir)
-    hist = write_json(Path(output_dir) / "loss_history.json", res["history"])
-    skipped = res["skipped_unsupervised"]
-    return StageResult(outputs=[res["final"], hist], rows_in=rows_in, rows_out=rows_in - skipped, rows_rejected=skipped,
-                       extra={"global_step": res["global_step"], "train_loss": res["train_loss"]})
 
 # %% ../nbs/03_bucket_sft.ipynb #f4369e35
 def sft_dataset(records: Sequence[Mapping], render, table: Mapping[str, float] | None = None):
@@ -347,9 +326,10 @@ def sft_dataset(records: Sequence[Mapping], render, table: Mapping[str, float] |
 
 def fit_train_records(records: Sequence[Mapping], # train records
                       tokenizer,                  # the policy's tokenizer (with its chat template)
-                      render,                     # record -> chat messages (`data.render_messages`)
+                      render,                     # record -> chat messages (`data.renderer`)
                       max_length: int,            # the trainer's max_length (prompt + answer tokens)
                       answer_share: float = 0.25, # room kept for the answer, as a share of max_length
+                      answers: Sequence[str] | None = None, # the answer each prompt leaves room for; None: human_answer
                      ) -> tuple[list[dict], int]:
     """Cut each record's oldest history turns, then the start of its context (the inference rule of
     `polyalign.generate.fit_prompt`), until the chat-rendered prompt leaves room for
@@ -360,9 +340,11 @@ def fit_train_records(records: Sequence[Mapping], # train records
     if not 0 < answer_share < 1: raise ValueError(f"answer_share must lie in (0, 1), got {answer_share}")
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     build = lambda rec: tokenizer.apply_chat_template(render(rec), tokenize=False, add_generation_prompt=True)
+    texts = [str(r["human_answer"]) for r in records] if answers is None else list(answers)
+    if len(texts) != len(records): raise ValueError(f"{len(texts)} answers for {len(records)} records")
     out, n_cut = [], 0
-    for r in records:
-        room = min(count(str(r["human_answer"])) + 1, int(answer_share * max_length))   # + the end-of-turn token
+    for r, answer in zip(records, texts):
+        room = min(count(answer) + 1, int(answer_share * max_length))   # + the end-of-turn token
         p = fit_prompt(r, build, count, max_length - room)
         out.append(p.record); n_cut += p.truncated
     return out, n_cut
@@ -373,9 +355,11 @@ BUCKET_WEIGHTED = {"full_sft": False, "bucket_sft": True}  # SFT method -> train
 
 
 def sft_examples(cfg,        # the run config (`sft`, `data`, `seed`)
-                 tokenizer,  # the policy's tokenizer (prompt fitting)
+                 tokenizer,  # the policy's tokenizer (its chat template renders and measures the prompts)
                  train,      # the train split (`data.read_split`)
                  lang: str,  # the language to take
+                 *,
+                 model: str, # the policy model name (its `max_length`)
                 ):
     "The SFT dataset of one language: its train records (a seeded subset if capped), fit to max_length, weighted."
     recs = train[train.language == lang].to_dict("records")
@@ -384,17 +368,24 @@ def sft_examples(cfg,        # the run config (`sft`, `data`, `seed`)
         rng = np.random.default_rng(derive_seed(cfg.seed, "sft-subset", lang))
         recs = [recs[i] for i in sorted(rng.choice(len(recs), cap, replace=False))]
     table = bucket_weights([r["bucket_id"] for r in recs], cfg.sft.weight_clip or None)
-    render = lambda r: render_messages(r, cfg.data)
-    recs, n_cut = fit_train_records(recs, tokenizer, render, cfg.sft.max_length)
+    render = renderer(cfg.data, tokenizer)
+    recs, n_cut = fit_train_records(recs, tokenizer, render, max_length_for(cfg.sft, model, lang))
     log.info("sft %s/%s: %d of %d prompts cut (oldest history, then the start of the context) to leave room for "
-             "the answer", getattr(tokenizer, "name_or_path", ""), lang, n_cut, len(recs))
+             "the answer", model, lang, n_cut, len(recs))
     return sft_dataset(recs, render, table)
 
 
-def _train_sft_part(cfg, model: str, method: str, dataset, out_dir) -> StageResult:
-    tr = make_sft_trainer(base_model_path(cfg, model), dataset, cfg.sft, out_dir, weighted=BUCKET_WEIGHTED[method],
-                          seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code)
-    return train_and_record(tr, out_dir, len(dataset))
+def sft_trainer(cfg, job: TrainJob, dataset):
+    "The trainer of an `sft` job (`polyalign.train.TRAINER_BUILDERS`): Full-SFT or Bucket-SFT as `job.method` says."
+    return make_sft_trainer(job.init, dataset, cfg.sft, job.output_dir, weighted=BUCKET_WEIGHTED[job.method],
+                            seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code, revision=job.revision,
+                            max_length=max_length_for(cfg.sft, job.model, job.language), **job.options)
+
+
+def _train_sft_part(cfg, model: str, method: str, lang: str, dataset, out_dir) -> StageResult:
+    job = TrainJob("sft", model, method, lang, init=base_model_path(cfg, model), output_dir=str(out_dir),
+                   revision=model_revision(cfg, model))
+    return train_part(cfg, job, dataset)
 
 
 def train_method(cfg,         # the run config
@@ -406,7 +397,7 @@ def train_method(cfg,         # the run config
     "Run (or skip, when current) the manifest part `sft/<model>/<method>/<lang>`; returns (part, record)."
     out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
     part = f"sft/{model_slug(model)}/{method}/{lang}"
-    record = run_stage(cfg, part, partial(_train_sft_part, cfg, model, method, dataset, out_dir),
+    record = run_stage(cfg, part, partial(_train_sft_part, cfg, model, method, lang, dataset, out_dir),
                        sections=list(SFT_SECTIONS), inputs=[run_path(cfg, "data", "train.parquet")])
     return part, record
 
@@ -495,9 +486,9 @@ def sft_stage(cfg) -> StageResult:
     weights = write_bucket_weights(cfg, train)
     parts = []
     for model in cfg.models.policies:
-        tok = load_tokenizer(base_model_path(cfg, model), cfg.models.trust_remote_code)
+        tok = load_tokenizer(base_model_path(cfg, model), cfg.models.trust_remote_code, model_revision(cfg, model))
         for lang in cfg.sft.languages:
-            ds = sft_examples(cfg, tok, train, lang)
+            ds = sft_examples(cfg, tok, train, lang, model=model)
             parts += [train_method(cfg, model, method, lang, ds) for method in cfg.sft.methods]
     figures = plot_loss_curves(cfg)
     return StageResult.from_records(cfg, dict(parts), bucket_weights=str(weights), figures=[str(f) for f in figures])

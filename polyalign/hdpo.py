@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (METHODS, ConfigError, StageResult, derive_seed, log, model_slug, read_jsonl, run_path,
-                            run_stage, write_jsonl)
-from .data import render_messages
+from .core import (METHODS, ConfigError, StageResult, base_model_path, derive_seed, log, model_revision,
+                            model_slug, read_jsonl, run_path, run_stage, write_jsonl)
+from .data import renderer
 from .generate import generation_part, method_checkpoint, prediction_path
 
 # %% auto #0
@@ -27,8 +27,8 @@ __all__ = ['PAIR_TYPE_BIAS', 'PMode', 'P_MODES', 'PAIR_COLUMNS', 'IGNORED_DPO_OP
            'build_pairs', 'PairWeightConfig', 'rarity', 'PairWeightTables', 'raw_pair_weights', 'fit_pair_weights',
            'hdpo_loss', 'HDPOConfig', 'HDPOTrainer', 'preference_arguments', 'make_preference_trainer',
            'answer_policies', 'policy_answers', 'answer_rows', 'pair_path', 'sample_pairs', 'critic_scores',
-           'write_pairs', 'pair_dataset', 'train_preference', 'preference_predictions', 'check_prediction_ids',
-           'preference_stage']
+           'fit_pair_prompts', 'write_pairs', 'pair_dataset', 'preference_trainer', 'train_preference',
+           'preference_predictions', 'check_prediction_ids', 'preference_stage']
 
 # %% ../nbs/05_hdpo.ipynb #ddfe8a3d
 PAIR_TYPE_BIAS = {"global": 0.0, "local": 0.5, "distribution": 1.0}
@@ -262,16 +262,18 @@ class HDPOTrainer(ExtraColumnsMixin, DPOTrainer):
             m[k].append(v)
 
 # %% ../nbs/05_hdpo.ipynb #31747e59
-from .bucket_sft import load_causal_lm, load_tokenizer, lora_config, train_and_record, trainer_arguments
+from .bucket_sft import fit_train_records, load_causal_lm, load_tokenizer, lora_config, trainer_arguments
+from .train import TrainJob, max_length_for, train_part
 
 
 def preference_arguments(pref,         # the run config's `preference` section
                          output_dir,   # where checkpoints go
                          *,
                          seed: int,    # the run seed
-                         hdpo: bool):  # HDPO (True) or stock sigmoid DPO (False)
+                         hdpo: bool,   # HDPO (True) or stock sigmoid DPO (False)
+                         **options):   # `max_length`, `world` and further config fields, as in `trainer_arguments`
     "TRL arguments for DPO (`hdpo=False`: stock `DPOConfig`, sigmoid loss) or HDPO (`HDPOConfig`)."
-    common = dict(beta=pref.beta, precompute_ref_log_probs=pref.precompute_ref_log_probs and not pref.lora)
+    common = dict(beta=pref.beta, precompute_ref_log_probs=pref.precompute_ref_log_probs and not pref.lora, **options)
     if hdpo:
         return trainer_arguments(HDPOConfig, pref, output_dir, name="preference", seed=seed,
                                  hdpo_lambda=pref.hdpo_lambda, p_mode=pref.p_mode, **common)
@@ -285,11 +287,12 @@ def make_preference_trainer(init_path,                         # the initial che
                             *,
                             hdpo: bool,                        # HDPO (True) or stock sigmoid DPO (False)
                             seed: int,                         # the run seed
-                            trust_remote_code: bool = False):  # as `models.trust_remote_code`
+                            trust_remote_code: bool = False,   # as `models.trust_remote_code`
+                            **options):                        # `max_length`, `world`, worker options
     "Stock `DPOTrainer` (the pair columns are dropped) or `HDPOTrainer`; the reference is a frozen copy of `init_path`."
+    args = preference_arguments(pref, output_dir, seed=seed, hdpo=hdpo, **options)  # first: ZeRO-3 loads into shards
     tok = load_tokenizer(init_path, trust_remote_code)
-    args = preference_arguments(pref, output_dir, seed=seed, hdpo=hdpo)
-    load = partial(load_causal_lm, init_path, bf16=pref.bf16, trust_remote_code=trust_remote_code)
+    load = partial(load_causal_lm, init_path, trust_remote_code=trust_remote_code)
     ref = None if (pref.lora or args.precompute_ref_log_probs) else load()
     if not hdpo: dataset = dataset.remove_columns([c for c in PAIR_COLUMNS if c in dataset.column_names])
     cls = HDPOTrainer if hdpo else DPOTrainer
@@ -364,11 +367,29 @@ def critic_scores(cfg,                    # the run config (features, critic)
     return score_pairs(critic, chosen, rejected, [p["bucket_id"] for p in pairs])
 
 
+def fit_pair_prompts(pairs: list[dict],        # pairs from `build_pairs` (their prompts are replaced)
+                     records: Sequence[dict],  # the records they were built from (by id)
+                     tokenizer,                # the policy's tokenizer
+                     render,                   # record -> chat messages, as for `build_pairs`
+                     max_length: int,          # the preference trainer's max_length
+                    ) -> int:
+    "Fit each pair's prompt as `fit_train_records` does for SFT, leaving room for its longer answer; returns how many."
+    by_id = {str(r["id"]): r for r in records}
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    longer = [max(p["chosen"][0]["content"], p["rejected"][0]["content"], key=count) for p in pairs]
+    fitted, n_cut = fit_train_records([by_id[p["id"]] for p in pairs], tokenizer, render, max_length, answers=longer)
+    for p, r in zip(pairs, fitted): p["prompt"] = render(r)
+    return n_cut
+
+# %% ../nbs/05_hdpo.ipynb #a20007e6
 def _pairs_part(cfg, model: str, method: str, lang: str, train) -> StageResult:
     recs, rows = answer_rows(cfg, model, METHODS[method].init, train, lang)
-    pairs, dropped = build_pairs(recs, rows, lambda r: render_messages(r, cfg.data), model_name=model)
+    tok = load_tokenizer(base_model_path(cfg, model), cfg.models.trust_remote_code, model_revision(cfg, model))
+    render = renderer(cfg.data, tok)
+    pairs, dropped = build_pairs(recs, rows, render, model_name=model)
     pairs = sample_pairs(pairs, cfg.preference.max_train_pairs, derive_seed(cfg.seed, "pairs", model, method, lang))
     if not pairs: raise ValueError(f"{model}/{method}/{lang}: no preference pairs left (dropped: {dict(dropped)})")
+    n_cut = fit_pair_prompts(pairs, recs, tok, render, max_length_for(cfg.preference, model, lang))
     if HDPO_OBJECTIVE[method]:
         sp, sm = critic_scores(cfg, model, pairs, recs)
         w, _ = fit_pair_weights([p["bucket_id"] for p in pairs], [p["language"] for p in pairs], sp, sm,
@@ -378,7 +399,8 @@ def _pairs_part(cfg, model: str, method: str, lang: str, train) -> StageResult:
     for p, a, b, wi in zip(pairs, sp, sm, w): p.update(s_plus=float(a), s_minus=float(b), weight=float(wi))
     out = write_jsonl(pair_path(cfg, model, method, lang), pairs)
     return StageResult(outputs=[out], rows_in=len(recs), rows_out=len(pairs), rows_rejected=sum(dropped.values()),
-                       extra={"dropped": dict(dropped), "weight_range": [float(w.min()), float(w.max())],
+                       extra={"dropped": dict(dropped), "prompts_cut": n_cut,
+                              "weight_range": [float(w.min()), float(w.max())],
                               "critic_gap_mean": float(np.mean(np.asarray(sm) - np.asarray(sp)))})
 
 
@@ -406,10 +428,15 @@ def pair_dataset(cfg,          # the run config
     return Dataset.from_list(read_jsonl(pair_path(cfg, model, method, lang)))
 
 # %% ../nbs/05_hdpo.ipynb #95c13d15
-def _train_preference_part(cfg, method: str, init: str, dataset, out_dir) -> StageResult:
-    tr = make_preference_trainer(init, dataset, cfg.preference, out_dir, hdpo=HDPO_OBJECTIVE[method], seed=cfg.seed,
-                                 trust_remote_code=cfg.models.trust_remote_code)
-    return train_and_record(tr, out_dir, len(dataset))
+def preference_trainer(cfg, job: TrainJob, dataset):
+    "The trainer of a `preference` job (`polyalign.train.TRAINER_BUILDERS`): DPO or HDPO as `job.method` says."
+    return make_preference_trainer(job.init, dataset, cfg.preference, job.output_dir, hdpo=HDPO_OBJECTIVE[job.method],
+                                   seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code,
+                                   max_length=max_length_for(cfg.preference, job.model, job.language), **job.options)
+
+
+def _train_preference_part(cfg, model: str, method: str, lang: str, init: str, dataset, out_dir) -> StageResult:
+    return train_part(cfg, TrainJob("preference", model, method, lang, init=init, output_dir=str(out_dir)), dataset)
 
 
 def train_preference(cfg,         # the run config
@@ -424,7 +451,7 @@ def train_preference(cfg,         # the run config
     init = method_checkpoint(cfg, model, METHODS[method].init, lang)
     out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
     part = f"preference/train/{model_slug(model)}/{method}/{lang}"
-    record = run_stage(cfg, part, partial(_train_preference_part, cfg, method, init, dataset, out_dir),
+    record = run_stage(cfg, part, partial(_train_preference_part, cfg, model, method, lang, init, dataset, out_dir),
                        sections=list(PREFERENCE_SECTIONS), inputs=[pair_path(cfg, model, method, lang), init])
     return part, record
 
