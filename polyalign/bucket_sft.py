@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,17 +16,18 @@ import pandas as pd
 import torch
 
 from .core import (METHODS, ConfigError, StageResult, base_model_path, derive_seed, log, methods_for,
-                            model_revision, model_slug, run_path, run_stage)
+                            model_revision, model_slug, run_path)
 from .data import renderer
-from .train import TrainJob, accumulation_steps, max_length_for, one_device, train_part, world_size
+from .train import (TrainJob, TrainingPart, accumulation_steps, max_length_for, one_device,
+                             train_parts, world_size)
 
 # %% auto #0
 __all__ = ['SFT_SECTIONS', 'BUCKET_WEIGHTED', 'bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk',
            'ExtraColumnsCollator', 'ExtraColumnsMixin', 'BucketSFTConfig', 'BucketSFTTrainer', 'per_example_token_nll',
            'trainer_arguments', 'sft_arguments', 'lora_config', 'load_tokenizer', 'load_causal_lm', 'make_sft_trainer',
-           'sft_dataset', 'fit_train_records', 'sft_examples', 'sft_trainer', 'train_method', 'loss_histories',
-           'plot_loss_curves', 'language_bucket_weights', 'weight_report', 'write_bucket_weights', 'training_summary',
-           'sft_stage']
+           'sft_dataset', 'fit_train_records', 'sft_examples', 'sft_trainer', 'sft_part', 'train_method',
+           'loss_histories', 'plot_loss_curves', 'language_bucket_weights', 'weight_report', 'write_bucket_weights',
+           'training_summary', 'sft_stage']
 
 # %% ../nbs/03_bucket_sft.ipynb #0e8c6da3
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -382,10 +382,18 @@ def sft_trainer(cfg, job: TrainJob, dataset):
                             max_length=max_length_for(cfg.sft, job.model, job.language), **job.options)
 
 
-def _train_sft_part(cfg, model: str, method: str, lang: str, dataset, out_dir) -> StageResult:
+def sft_part(cfg,         # the run config
+             model: str,  # the policy model name (a hub id, or `tiny`)
+             method: str, # an SFT method (`methods_for("sft")`)
+             lang: str,   # the language the checkpoint is for
+             dataset,     # its training examples (`sft_examples`)
+            ) -> TrainingPart:
+    "The part `sft/<model>/<method>/<lang>`: train the base model into `checkpoints/<model>/<method>-<lang>`."
+    out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
     job = TrainJob("sft", model, method, lang, init=base_model_path(cfg, model), output_dir=str(out_dir),
                    revision=model_revision(cfg, model))
-    return train_part(cfg, job, dataset)
+    return TrainingPart(f"sft/{model_slug(model)}/{method}/{lang}", job, dataset, SFT_SECTIONS,
+                        [run_path(cfg, "data", "train.parquet")])
 
 
 def train_method(cfg,         # the run config
@@ -395,10 +403,7 @@ def train_method(cfg,         # the run config
                  dataset,     # its training examples (`sft_examples`)
                 ) -> tuple[str, dict]:
     "Run (or skip, when current) the manifest part `sft/<model>/<method>/<lang>`; returns (part, record)."
-    out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
-    part = f"sft/{model_slug(model)}/{method}/{lang}"
-    record = run_stage(cfg, part, partial(_train_sft_part, cfg, model, method, lang, dataset, out_dir),
-                       sections=list(SFT_SECTIONS), inputs=[run_path(cfg, "data", "train.parquet")])
+    ((part, record),) = train_parts(cfg, [sft_part(cfg, model, method, lang, dataset)]).items()
     return part, record
 
 # %% ../nbs/03_bucket_sft.ipynb #a7790764
@@ -489,6 +494,7 @@ def sft_stage(cfg) -> StageResult:
         tok = load_tokenizer(base_model_path(cfg, model), cfg.models.trust_remote_code, model_revision(cfg, model))
         for lang in cfg.sft.languages:
             ds = sft_examples(cfg, tok, train, lang, model=model)
-            parts += [train_method(cfg, model, method, lang, ds) for method in cfg.sft.methods]
+            parts += [sft_part(cfg, model, method, lang, ds) for method in cfg.sft.methods]
+    records = train_parts(cfg, parts)   # launched workers (launch.processes > 1) start once for all of them
     figures = plot_loss_curves(cfg)
-    return StageResult.from_records(cfg, dict(parts), bucket_weights=str(weights), figures=[str(f) for f in figures])
+    return StageResult.from_records(cfg, records, bucket_weights=str(weights), figures=[str(f) for f in figures])

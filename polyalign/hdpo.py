@@ -27,8 +27,8 @@ __all__ = ['PAIR_TYPE_BIAS', 'PMode', 'P_MODES', 'PAIR_COLUMNS', 'IGNORED_DPO_OP
            'build_pairs', 'PairWeightConfig', 'rarity', 'PairWeightTables', 'raw_pair_weights', 'fit_pair_weights',
            'hdpo_loss', 'HDPOConfig', 'HDPOTrainer', 'preference_arguments', 'make_preference_trainer',
            'answer_policies', 'policy_answers', 'answer_rows', 'pair_path', 'sample_pairs', 'critic_scores',
-           'fit_pair_prompts', 'write_pairs', 'pair_dataset', 'preference_trainer', 'train_preference',
-           'preference_predictions', 'check_prediction_ids', 'preference_stage']
+           'fit_pair_prompts', 'write_pairs', 'pair_dataset', 'preference_trainer', 'preference_part',
+           'train_preference', 'preference_predictions', 'check_prediction_ids', 'preference_stage']
 
 # %% ../nbs/05_hdpo.ipynb #ddfe8a3d
 PAIR_TYPE_BIAS = {"global": 0.0, "local": 0.5, "distribution": 1.0}
@@ -263,7 +263,7 @@ class HDPOTrainer(ExtraColumnsMixin, DPOTrainer):
 
 # %% ../nbs/05_hdpo.ipynb #31747e59
 from .bucket_sft import fit_train_records, load_causal_lm, load_tokenizer, lora_config, trainer_arguments
-from .train import TrainJob, max_length_for, train_part
+from .train import TrainJob, TrainingPart, max_length_for, train_parts
 
 
 def preference_arguments(pref,         # the run config's `preference` section
@@ -435,8 +435,19 @@ def preference_trainer(cfg, job: TrainJob, dataset):
                                    max_length=max_length_for(cfg.preference, job.model, job.language), **job.options)
 
 
-def _train_preference_part(cfg, model: str, method: str, lang: str, init: str, dataset, out_dir) -> StageResult:
-    return train_part(cfg, TrainJob("preference", model, method, lang, init=init, output_dir=str(out_dir)), dataset)
+def preference_part(cfg,         # the run config
+                    model: str,  # the policy model name
+                    method: str, # a preference method (`methods_for("preference")`)
+                    lang: str,   # the language of the checkpoint
+                    dataset,     # its pairs (`pair_dataset`)
+                   ) -> TrainingPart:
+    """The part `preference/train/<model>/<method>/<lang>`: train from the `init` method's checkpoint into
+    `checkpoints/<model>/<method>-<lang>` (resuming from its last checkpoint)."""
+    init = method_checkpoint(cfg, model, METHODS[method].init, lang)
+    out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
+    job = TrainJob("preference", model, method, lang, init=init, output_dir=str(out_dir))
+    return TrainingPart(f"preference/train/{model_slug(model)}/{method}/{lang}", job, dataset, PREFERENCE_SECTIONS,
+                        [pair_path(cfg, model, method, lang), init])
 
 
 def train_preference(cfg,         # the run config
@@ -445,14 +456,8 @@ def train_preference(cfg,         # the run config
                      lang: str,   # the language of the checkpoint
                      dataset,     # its pairs (`pair_dataset`)
                     ) -> tuple[str, dict]:
-    """Run (or skip, when current) the part `preference/train/<model>/<method>/<lang>`: train from the `init`
-    method's checkpoint into `checkpoints/<model>/<method>-<lang>` (resuming from its last checkpoint).
-    Returns (part, record)."""
-    init = method_checkpoint(cfg, model, METHODS[method].init, lang)
-    out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
-    part = f"preference/train/{model_slug(model)}/{method}/{lang}"
-    record = run_stage(cfg, part, partial(_train_preference_part, cfg, model, method, lang, init, dataset, out_dir),
-                       sections=list(PREFERENCE_SECTIONS), inputs=[pair_path(cfg, model, method, lang), init])
+    "Run (or skip, when current) one `preference_part`; returns (part, record)."
+    ((part, record),) = train_parts(cfg, [preference_part(cfg, model, method, lang, dataset)]).items()
     return part, record
 
 
@@ -482,12 +487,14 @@ def preference_stage(cfg) -> StageResult:
     from polyalign.data import read_split
     train = read_split(run_path(cfg, "data", "train.parquet"))
     test = read_split(run_path(cfg, "data", "test.parquet"))
-    methods, parts = cfg.preference.methods, []
+    methods, parts, training = cfg.preference.methods, [], []
     for model in cfg.models.policies:
         parts += [policy_answers(cfg, model, policy, train) for policy in answer_policies(methods)]
         for lang in cfg.sft.languages:
             for method in methods:
                 parts.append(write_pairs(cfg, model, method, lang, train))
-                parts.append(train_preference(cfg, model, method, lang, pair_dataset(cfg, model, method, lang)))
-    parts += [preference_predictions(cfg, model, method, test) for model in cfg.models.policies for method in methods]
-    return StageResult.from_records(cfg, dict(parts), predictions=check_prediction_ids(cfg, test))
+                training.append(preference_part(cfg, model, method, lang, pair_dataset(cfg, model, method, lang)))
+    records = {**dict(parts), **train_parts(cfg, training)}   # launched workers start once for every pending part
+    records.update(preference_predictions(cfg, model, method, test) for model in cfg.models.policies
+                   for method in methods)
+    return StageResult.from_records(cfg, records, predictions=check_prediction_ids(cfg, test))

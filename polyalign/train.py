@@ -18,21 +18,24 @@ import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from functools import partial
+from typing import Any, Sequence
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from .core import (ConfigError, StageResult, asset_path, atomic_write_text, caller_path, log, project_root,
-                            read_json, save_config, seed_everything, stage_config, write_json)
+                            config_section_hash, read_json, run_stage, save_config, seed_everything, stage_config,
+                            stage_is_current, write_json)
 
 # %% auto #0
 __all__ = ['CHECKPOINT_DIR', 'PRUNED_PREFIX', 'TRAINER_BUILDERS', 'LAUNCHERS', 'BACKENDS', 'max_length_for', 'world_size',
            'accumulation_steps', 'check_global_batch', 'one_device', 'TrainingGuard', 'check_training_setup',
            'checkpoints', 'prune_checkpoints', 'TrainJob', 'build_trainer', 'run_training', 'training_result',
            'resolve_launch_file', 'distributed_options', 'free_port', 'launch_command', 'LaunchError', 'launch_env',
-           'run_launched', 'train_job', 'launch_training', 'run_job', 'main', 'train_part']
+           'run_launched', 'train_job', 'launch_options', 'launched_job', 'finished_launch', 'prepare_launch',
+           'launch_jobs', 'launch_training', 'run_job', 'main', 'train_part', 'TrainingPart', 'train_parts']
 
 # %% ../nbs/12_train.ipynb #7e321bd2
 def max_length_for(section, model: str, lang: str) -> int:
@@ -161,6 +164,7 @@ class TrainJob:
     config: str = ""  # launched: the run config as YAML
     dataset: str = ""  # launched: the training dataset (`Dataset.save_to_disk`)
     result: str = ""  # launched: where rank 0 writes the result of `run_training`
+    fingerprint: str = ""  # launched: the training dataset's fingerprint (a launched result is reused only for it)
 
     @property
     def name(self) -> str:
@@ -338,39 +342,86 @@ def train_job(cfg, job: TrainJob, dataset, progress: bool = False) -> dict:
     return run_training(trainer, job.output_dir, getattr(cfg, job.kind).examples_per_step, job.name, progress)
 
 
-def launch_training(cfg, job: TrainJob, dataset) -> dict:
-    "Train `job` in `launch.processes` launched workers; returns rank 0's result (as `run_training`'s)."
+def launch_options(cfg) -> dict:
+    "`distributed_options` of the run, refusing more nccl processes than visible GPUs before anything is launched."
     options, gpus = distributed_options(cfg.launch), torch.cuda.device_count()
     if options["ddp_backend"] == "nccl" and cfg.launch.processes > gpus:
         raise ConfigError(f"launch.processes={cfg.launch.processes}, but {gpus} GPU(s) are visible; nccl trains one "
                           "process per GPU (on CPU: launch.backend gloo or auto)")
+    return options
+
+
+def launched_job(cfg, job: TrainJob, dataset, options: dict) -> TrainJob:
+    "`job` as its launched workers read it: absolute paths under `<output_dir>/launch/`, options, dataset fingerprint."
     work = Path(job.output_dir).resolve() / "launch"
+    init = str(Path(job.init).resolve()) if Path(job.init).exists() else job.init   # a local checkpoint, or a hub id
+    return replace(job, init=init, output_dir=str(work.parent), options=options, config=str(work / "config.yaml"),
+                   dataset=str(work / "dataset"), result=str(work / "result.json"), fingerprint=dataset._fingerprint)
+
+
+def finished_launch(job: TrainJob) -> dict | None:
+    "The result of an earlier launch of this very job (same job file, same dataset), or None."
+    spec, result = Path(job.result).with_name("job.json"), Path(job.result)
+    if not (spec.is_file() and result.is_file() and read_json(spec) == asdict(job)): return None
+    return read_json(result) if result.stat().st_mtime >= spec.stat().st_mtime else None
+
+
+def prepare_launch(cfg, job: TrainJob, dataset) -> Path:
+    "Write a launched job's folder (dataset, run config, `job.json`), clearing an earlier result; the job file."
+    work = Path(job.result).parent
     work.mkdir(parents=True, exist_ok=True)
     for stale in [work / "result.json", *work.glob("error-rank*.txt")]: stale.unlink(missing_ok=True)
-    data_dir = work / "dataset"
-    if data_dir.exists(): shutil.rmtree(data_dir)
-    dataset.save_to_disk(str(data_dir))
-    conf = save_config(replace(cfg, run_dir=str(Path(cfg.run_dir).resolve())), work / "config.yaml")
-    init = str(Path(job.init).resolve()) if Path(job.init).exists() else job.init   # a local checkpoint, or a hub id
-    job = replace(job, init=init, output_dir=str(work.parent), options=options, config=str(conf),
-                  dataset=str(data_dir), result=str(work / "result.json"))
-    cmd = launch_command(cfg.launch, write_json(work / "job.json", asdict(job)), port=free_port())
-    log.info("%s: launching %d processes: %s", job.name, cfg.launch.processes, " ".join(cmd))
-    run_launched(cmd, env=launch_env(), timeout_s=60 * cfg.launch.timeout_minutes, tag=job.name, error_dir=work)
-    if not Path(job.result).is_file(): raise LaunchError(f"{job.name}: the workers exited without a result")
-    shutil.rmtree(data_dir)
-    return read_json(job.result)
+    if Path(job.dataset).exists(): shutil.rmtree(job.dataset)
+    dataset.save_to_disk(job.dataset)
+    save_config(replace(cfg, run_dir=str(Path(cfg.run_dir).resolve())), job.config)
+    return write_json(work / "job.json", asdict(job))
 
 
-def run_job(job_path) -> dict:
-    "A launched worker: read the job, its config and dataset, train; rank 0 writes the result (atomically)."
+def launch_jobs(cfg, jobs: Sequence[tuple[TrainJob, Any]]) -> list[dict]:
+    """Train `(job, dataset)` pairs in ONE launch of `launch.processes` workers (they start once and train the jobs in
+    turn); rank 0's results, in order. A job whose launch already finished (`finished_launch`) is not trained again."""
+    options = launch_options(cfg)
+    jobs = [(launched_job(cfg, j, ds, options), ds) for j, ds in jobs]
+    todo = [(j, ds) for j, ds in jobs if finished_launch(j) is None]
+    if todo:
+        files = [str(prepare_launch(cfg, j, ds)) for j, ds in todo]
+        work = Path(cfg.run_dir).resolve() / "launch"
+        for stale in work.glob("error-rank*.txt"): stale.unlink()
+        batch = write_json(work / "batch.json", files) if len(files) > 1 else Path(files[0])
+        cmd = launch_command(cfg.launch, batch, port=free_port())
+        tag = todo[0][0].name if len(todo) == 1 else f"{len(todo)} training runs"
+        log.info("%s: launching %d processes: %s", tag, cfg.launch.processes, " ".join(cmd))
+        run_launched(cmd, env=launch_env(), timeout_s=60 * cfg.launch.timeout_minutes, tag=tag, error_dir=batch.parent)
+    out = []
+    for j, _ in jobs:
+        res = finished_launch(j)
+        if res is None: raise LaunchError(f"{j.name}: the workers exited without a result")
+        out.append(res)
+    return out
+
+
+def launch_training(cfg, job: TrainJob, dataset) -> dict:
+    "Train `job` in `launch.processes` launched workers (or reuse its finished launch); rank 0's result."
+    res = launch_jobs(cfg, [(job, dataset)])[0]
+    shutil.rmtree(Path(job.output_dir).resolve() / "launch" / "dataset", ignore_errors=True)
+    return res
+
+
+def run_job(job_path) -> dict | list[dict]:
+    """A launched worker: read the job (or a batch: a list of job files), its config and dataset, train; rank 0
+    writes each job's result (atomically)."""
+    import gc
     from datasets import load_from_disk
-    job = TrainJob(**read_json(job_path))
+    spec = read_json(job_path)
+    if isinstance(spec, list): return [run_job(p) for p in spec]
+    job = TrainJob(**spec)
     cfg = stage_config(job.config)
     seed_everything(cfg.seed)
     if not Path(job.dataset).is_dir(): raise FileNotFoundError(f"{job.name}: training dataset not found: {job.dataset}")
     res = train_job(cfg, job, load_from_disk(job.dataset), progress=True)
     if int(os.environ.get("RANK", "0")) == 0: write_json(job.result, res)
+    gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
     return res
 
 
@@ -407,6 +458,28 @@ def train_part(cfg, job: TrainJob, dataset) -> StageResult:
     log.info("%s: %d steps on %d process(es), %d examples per step, train loss %.4f", job.name, res["global_step"],
              res["world_size"], res["global_batch"], res["train_loss"])
     return training_result(res, job.output_dir, len(dataset), section.keep_checkpoints)
+
+# %% ../nbs/12_train.ipynb #aa6e7df0
+@dataclass
+class TrainingPart:
+    "A training part of a stage: its manifest name, job, dataset, and what decides whether it is current."
+    part: str  # the manifest part (`sft/<model>/<method>/<lang>`, `preference/train/...`)
+    job: TrainJob
+    dataset: Any  # a `datasets.Dataset`
+    sections: Sequence[str]  # the config sections the part is hashed on
+    inputs: Sequence[Any] = ()  # the files it reads
+
+
+def train_parts(cfg, parts: Sequence[TrainingPart]) -> dict[str, dict]:
+    """Run (or skip, when current) every part; with `launch.processes` > 1 the parts that are not current train in
+    one launch before each is recorded. Returns {part: manifest record}."""
+    pending = [p for p in parts
+               if not stage_is_current(cfg.run_dir, p.part, config_section_hash(cfg, p.sections), p.inputs)]
+    if cfg.launch.processes > 1 and len(pending) > 1:
+        for p in pending: accumulation_steps(getattr(cfg, p.job.kind), p.job.kind, cfg.launch.processes)
+        launch_jobs(cfg, [(p.job, p.dataset) for p in pending])
+    return {p.part: run_stage(cfg, p.part, partial(train_part, cfg, p.job, p.dataset), sections=list(p.sections),
+                              inputs=list(p.inputs)) for p in parts}
 
 # %% ../nbs/12_train.ipynb #df87c8b5
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "polyalign.train":
