@@ -218,7 +218,7 @@ class DataConfig:
     render_context_layout: str = "Context:\n{context}\n\nQuestion:\n{question}"
     # put the human answer's length_bin in the system profile (oracle at test time)
     paper_compat_gold_length_bin: bool = False
-    tiny_scale: float = 1.0  # share of each fixture split's raw rows read (0 < x <= 1)
+    tiny_scale: float = 1.0  # share of each source split's raw rows read, in every mode (0 < x <= 1)
 
 # %% ../nbs/00_core.ipynb #5cb6bad2
 @dataclass

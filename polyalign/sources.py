@@ -411,7 +411,7 @@ def source_parts(spec: SourceSpec,  # the source
                 ) -> Iterator[tuple[str, str, Iterator[RawRow], Any]]:
     "(source split, policy, raw rows, prepared index) for each source split of `spec`."
     src = raw_source(spec, d, raw_dir, mode)
-    share = d.tiny_scale if d.source_mode == "tiny" else 1.0
+    share = d.tiny_scale
     for split, policy in spec.splits:
         rows, index = spec.reader(src, split)
         if share < 1: rows = rows[: max(1, round(len(rows) * share))]

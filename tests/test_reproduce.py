@@ -81,6 +81,14 @@ def test_plan_lists_failing_checks_with_fixes(polyalign_cli):
     assert ok.returncode == 0 and "FAIL" not in ok.stdout, ok.stdout
 
 
+def test_rehearsal_plan_passes_from_its_local_mirror(polyalign_cli, tmp_path):
+    r = _run(polyalign_cli, "plan", "--profile", "rehearsal", "--set", f"run_dir={tmp_path / 'r'}")
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
+    assert "ok   mirror:" in r.stdout and "google/gemma-2-2b@" in r.stdout
+    assert "system text folded into the first user turn" in r.stdout      # the Gemma-2 stand-in has no system role
+    assert (tmp_path / "r" / "hub" / "models--google--gemma-2-2b").is_dir()
+
+
 def test_unpinned_paper_run_refuses_to_start(polyalign_cli, tmp_path):
     r = _run(polyalign_cli, "reproduce", "--profile", "paper", "--out", str(tmp_path / "paper"))
     assert r.returncode == 2

@@ -1,0 +1,109 @@
+"""The rehearsal profile end to end: the paper profile's code paths on a CPU. Models and sources load by hub id at
+their pinned revisions from the local hub mirror, training runs as two launched processes with bf16 autocast over
+fp32 weights, intermediate checkpoints are pruned, and Tables 1 and 2 are written."""
+import json
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from polyalign.core import load_config, model_slug
+from polyalign.reproduce import STAGES
+
+CFG = load_config("rehearsal")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, polyalign_cli):
+    out = tmp_path_factory.mktemp("rehearsal") / "run"
+    t0 = time.perf_counter()
+    r = subprocess.run([*polyalign_cli, "reproduce", "--profile", "rehearsal", "--out", str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (out / "wall_time_s.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+    return out, r
+
+
+def test_every_stage_ran_and_wrote_tables_1_and_2(run):
+    out, _ = run
+    m = json.loads((out / "manifest.json").read_text())
+    for st in STAGES:
+        parts = [k for k in m["stages"] if k == st.name or k.startswith(st.name + "/")]
+        assert parts and all(m["stages"][k]["status"] == "done" for k in parts), st.name
+    for f in ("tables/table1_corpus.csv", "tables/table1_corpus.md", "tables/table2_main.csv", "tables/table2_main.md"):
+        assert (out / f).is_file(), f
+    t1 = pd.read_csv(out / "tables" / "table1_corpus.csv")
+    assert len(t1) >= 14                                       # the 14 sources, read through the hub mirror
+
+
+def test_models_and_sources_came_from_the_mirror_at_their_pins(run):
+    out, _ = run
+    hub = out / "hub"
+    assert CFG.models.policies and all("/" in p for p in CFG.models.policies)
+    for model in CFG.models.policies:
+        rev = CFG.models.revisions[model]
+        assert (hub / f"models--{model.replace('/', '--')}" / "snapshots" / rev / "config.json").is_file(), model
+        assert (out / "predictions" / model_slug(model) / "base_lm.jsonl").is_file(), model
+    for name, rev in CFG.data.revisions.items():
+        assert len(rev) == 40, name
+    assert any((hub / d).is_dir() for d in (f"datasets--{CFG.data.hub_ids['dolly'].replace('/', '--')}",))
+
+
+def test_training_ran_as_two_processes_and_pruned_its_checkpoints(run):
+    out, _ = run
+    m = json.loads((out / "manifest.json").read_text())
+    trained = [k for k in m["stages"] if k.startswith(("sft/", "preference/train/"))]
+    assert trained
+    for k in trained:
+        assert m["stages"][k].get("world_size") == 2, (k, m["stages"][k])
+    assert not list((out / "checkpoints").rglob("checkpoint-*"))   # pruned once final/ was written
+    finals = list((out / "checkpoints").rglob("final"))
+    assert len(finals) == len(CFG.models.policies) * len(CFG.sft.languages) * 4
+
+
+def test_predictions_of_every_method_and_model_cover_the_test_split_once(run):
+    out, _ = run
+    test_ids = set(pd.read_parquet(out / "data" / "test.parquet")["id"])
+    for model in CFG.models.policies:   # the Gemma stand-in included: its system text folded at train and test time
+        for method in ("base_lm", "cot", "full_sft", "bucket_sft", "dpo", "hdpo"):
+            path = out / "predictions" / model_slug(model) / f"{method}.jsonl"
+            ids = [json.loads(l)["id"] for l in path.read_text().splitlines()]
+            assert len(ids) == len(set(ids)) and set(ids) == test_ids, (model, method)
+    t2 = pd.read_csv(out / "tables" / "table2_main.csv")
+    assert {"Human", "Empty", "BaseLM", "CoT", "Full-SFT", "Bucket-SFT", "DPO", "HDPO"} <= set(t2["method"])
+
+
+def test_table2_cells_lie_in_their_bootstrap_intervals(run):
+    out, _ = run
+    t2 = pd.read_csv(out / "tables" / "table2_main.csv")
+    outside, checked = [], 0
+    for _, r in t2.iterrows():
+        for lang in ("en", "zh"):
+            for m in ("qa_f1", "bng_macro", "g_mauve", "nuf", "agg"):
+                v, lo, hi = r[f"{lang}_{m}"], r[f"{lang}_{m}_low"], r[f"{lang}_{m}_high"]
+                if pd.isna(lo): continue
+                checked += 1
+                if not lo - 1e-9 <= v <= hi + 1e-9: outside.append((r["method"], lang, m, v, lo, hi))
+    assert checked >= 8 * 2 * 5 and not outside, outside
+
+
+def test_second_run_skips_every_stage(run, polyalign_cli):
+    out, _ = run
+    r = subprocess.run([*polyalign_cli, "reproduce", "--profile", "rehearsal", "--out", str(out)],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    for st in STAGES:
+        assert f"stage {st.name}: current, skipped" in r.stderr, st.name
+    assert "launching" not in r.stderr                          # no training process started again
+
+
+def test_one_method_runs_only_its_own_parts(run, polyalign_cli):
+    out, _ = run
+    r = subprocess.run([*polyalign_cli, "reproduce", "--profile", "rehearsal", "--out", str(out), "--only", "dpo"],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    # DPO's parts per model: Full-SFT train answers, pairs and training per language, test predictions
+    n = len(CFG.models.policies) * (2 + 2 * len(CFG.sft.languages))
+    assert f"stage preference: current, skipped ({n} parts finished earlier)" in r.stderr, r.stderr[-3000:]
+    assert "stage sft" not in r.stderr and "stage metrics" not in r.stderr
