@@ -422,8 +422,8 @@ def plot_loss_curves(cfg, methods: Sequence[str] | None = None, path=None) -> li
     "Training loss per step, a panel per model and language, a line per method: `figures/sft_loss.{png,pdf}`."
     import matplotlib.pyplot as plt
     import seaborn as sns
-    histories = loss_histories(cfg, methods)
-    if not histories:
+    histories = {k: hs for k, hs in loss_histories(cfg, methods).items() if hs}   # runs shorter than logging_steps
+    if not histories:                                                              # log no loss
         log.warning("no SFT loss history in %s; no loss figure", cfg.run_dir)
         return []
     curves = pd.DataFrame([{"model": m, "method": METHODS[k].label, "language": l, "step": h["step"], "loss": h["loss"]}
