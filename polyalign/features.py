@@ -902,7 +902,7 @@ def _load_causal_lm(model: str | Path, revision: str | None, device: str, dtype:
 # %% ../nbs/02_features.ipynb #ce8b158e
 def lm_head_parts(model) -> tuple:
     """(base model, LM head, logit soft-cap) of a causal LM: the base model returns the final hidden states (its final
-    norm included), the head maps them to logits, and the soft-cap is Gemma-2's `final_logit_softcapping` (else None)."""
+    norm included), the head maps them to logits, and the soft-cap is Gemma-2's `final_logit_softcapping` (or None)."""
     base, head = model.base_model, model.get_output_embeddings()
     if base is model or head is None:
         raise FeatureResourceError(f"{type(model).__name__} has no separate base model and LM head to score in chunks")
@@ -946,7 +946,7 @@ def check_lm_head(model, probe: Sequence[int], rtol: float = 1e-3) -> None:
         raise FeatureResourceError(f"{type(model).__name__}: its logits are not its LM head's (relative difference "
                                    f"{err:.2g}), so the chunked scorer cannot score with it")
 
-# %% ../nbs/02_features.ipynb #e109bf51
+
 def _left_pad(seqs: list[list[int]], pad_id: int):
     "Left-padded ids, attention mask and position ids (0 at each row's first real token) of a batch of sequences."
     import torch
@@ -957,7 +957,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
         ids[r, L - len(s):] = torch.tensor(s); mask[r, L - len(s):] = 1
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
-
+# %% ../nbs/02_features.ipynb #e109bf51
 class LMScorer:
     "Scores answers with one causal LM (`AutoModelForCausalLM`, safetensors only, no remote code unless asked)."
 
@@ -1227,7 +1227,8 @@ def extraction_key(cfg: RunConfig) -> str:
         files = file_hash(path) if path.exists() else None
     else:
         fc = {k: v for k, v in fc.items() if not k.startswith(("lm_", "scorer"))}
-    return stable_hash({"version": FEATURES_VERSION, "names": feature_names(cfg), "features": fc, "scorer_files": files})
+    return stable_hash({"version": FEATURES_VERSION, "names": feature_names(cfg), "features": fc,
+                        "scorer_files": files})
 
 
 def shard_identity(key: str, frame: pd.DataFrame, prompts: Sequence[str] | None) -> dict:
