@@ -21,8 +21,8 @@ __all__ = ['SCHEMA_VERSION', 'TRACKS', 'FAMILIES', 'STYLES', 'LENGTH_BINS', 'ROL
            'validate_record', 'records_to_table', 'read_split', 'normalize_text', 'canonical_text', 'length_tokens',
            'count_tokens', 'length_bin', 'bucket_key', 'answer_length', 'hash_unit', 'hash_split', 'system_profile',
            'user_turn', 'render_messages', 'to_prompt_completion', 'accepts_system_role', 'fold_system',
-           'template_messages', 'renderer', 'canonical_key', 'dedup_records', 'minhash_signatures', 'lsh_params',
-           'unique_signatures', 'band_candidates', 'near_duplicates']
+           'template_messages', 'merge_turns', 'template_renders', 'renderer', 'canonical_key', 'dedup_records',
+           'minhash_signatures', 'lsh_params', 'unique_signatures', 'band_candidates', 'near_duplicates']
 
 # %% ../nbs/01_data.ipynb #97a1bdcb
 SCHEMA_VERSION = "polyalign-record-v1"
@@ -279,10 +279,36 @@ def template_messages(messages: Sequence[Mapping], tokenizer=None) -> list[dict]
     return fold_system(messages)
 
 
+def merge_turns(messages: Sequence[Mapping]) -> list[dict]:
+    "Consecutive messages of one role joined into one (blank line between), for templates that require alternation."
+    out: list[dict] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]: out[-1]["content"] += "\n\n" + m["content"]
+        else: out.append(dict(m))
+    return out
+
+
+def template_renders(tokenizer, messages: Sequence[Mapping]) -> bool:
+    "Whether the tokenizer's chat template renders `messages` as a generation prompt (False when it raises)."
+    from jinja2.exceptions import TemplateError
+    try:
+        tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return True
+    except TemplateError:
+        return False
+
+
 def renderer(cfg: DataConfig | RunConfig | None = None, tokenizer=None):
-    "record -> chat messages for one policy: `render_messages`, folded for templates without a system role."
+    """record -> chat messages for one policy: `render_messages`, with the system text folded for templates without a
+    system role, and consecutive turns of one role merged when the template insists on alternation (Gemma-2)."""
     fold = tokenizer is not None and not accepts_system_role(tokenizer)
-    return lambda r: fold_system(render_messages(r, cfg)) if fold else render_messages(r, cfg)
+
+    def render(r: Mapping) -> list[dict]:
+        msgs = render_messages(r, cfg)
+        if fold: msgs = fold_system(msgs)
+        if tokenizer is not None and not template_renders(tokenizer, msgs): msgs = merge_turns(msgs)
+        return msgs
+    return render
 
 
 # %% ../nbs/01_data.ipynb #52b95df4

@@ -1197,11 +1197,13 @@ def features_inputs(cfg: RunConfig) -> list[Path]:
 
 
 def feature_scorer(cfg: RunConfig) -> LMScorer | None:
-    "The features stage's LM scorer (None when `features.lm_features` is off); `tiny` is `<run_dir>/models/tiny`."
+    """The features stage's LM scorer (None when `features.lm_features` is off); `tiny` is `<run_dir>/models/tiny`.
+    A hub scorer loads at `features.scorer_revision`, or at its pin in `models.revisions` when it is also a policy."""
     fc = cfg.features
     if not fc.lm_features: return None
     path = run_path(cfg, "models", "tiny") if fc.scorer == "tiny" else fc.scorer
-    return LMScorer(path, fc.scorer_revision or None, device=fc.lm_device, dtype=fc.lm_dtype,
+    revision = fc.scorer_revision or cfg.models.revisions.get(fc.scorer) or None
+    return LMScorer(path, revision, device=fc.lm_device, dtype=fc.lm_dtype,
                     max_length=fc.lm_max_length, batch_size=fc.lm_batch_size, chunk_tokens=fc.lm_chunk_tokens,
                     trust_remote_code=cfg.models.trust_remote_code)
 

@@ -451,14 +451,16 @@ def featurize_texts(texts: Sequence[str],        # the answers
                     batch_size: int = 32,        # texts per forward pass (batched by length)
                     device: str = "cpu",         # cpu, cuda or auto
                     trust_remote_code: bool = False,  # only when the config says so
+                    revision: str | None = None,  # the pinned hub revision of a hub id
                    ) -> np.ndarray:
     "n×d float32 embeddings of `texts`; an empty text is embedded as the end-of-text token alone."
     import torch
     from transformers import AutoModel, AutoTokenizer
     if pooling not in ("mean", "last"): raise ValueError(f"unknown pooling {pooling!r} (known: mean, last)")
     if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, revision=revision)
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                      revision=revision)
     model = model.to(device).eval()
     end = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
     if tok.pad_token_id is None: tok.pad_token = tok.eos_token
@@ -968,7 +970,8 @@ def evaluate_run(cfg,                            # the run config (run_dir, metr
     if embed is None:
         model_dir, m = mauve_featurizer_path(cfg), cfg.metrics
         embed = lambda texts: featurize_texts(texts, model_dir, m.mauve_pooling, m.mauve_max_length, m.mauve_batch_size,
-                                              m.mauve_device, cfg.models.trust_remote_code)
+                                              m.mauve_device, cfg.models.trust_remote_code,
+                                              cfg.models.revisions.get(m.mauve_featurizer))
     if human_features is None: human_features = extract(test["human_answer"].tolist(), test["language"].tolist())
     H, names = human_features
     He = embed(test["human_answer"].tolist())

@@ -31,8 +31,12 @@ def test_every_stage_ran_and_wrote_tables_1_and_2(run):
     for st in STAGES:
         parts = [k for k in m["stages"] if k == st.name or k.startswith(st.name + "/")]
         assert parts and all(m["stages"][k]["status"] == "done" for k in parts), st.name
-    for f in ("tables/table1_corpus.csv", "tables/table1_corpus.md", "tables/table2_main.csv", "tables/table2_main.md"):
+    for f in ("tables/table1_corpus.csv", "tables/table1_corpus.md", "tables/table2_main.csv", "tables/table2_main.md",
+              "data/train.parquet", "data/test.parquet", "data/rejected.jsonl", "features/references.parquet",
+              "figures/sft_loss.png"):
         assert (out / f).is_file(), f
+    for st in STAGES: assert (out / "notebooks" / st.notebook).is_file(), st.notebook
+    assert m["stages"]["data"]["rows"]["rejected"] > 0           # the fixtures carry malformed rows on purpose
     t1 = pd.read_csv(out / "tables" / "table1_corpus.csv")
     assert len(t1) >= 14                                       # the 14 sources, read through the hub mirror
 
