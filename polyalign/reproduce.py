@@ -429,7 +429,8 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
         built = build_run_mirror(cfg)
         use_hub_cache(hub_mirror_dir(cfg))
         bad = [a.repo_id for a, sha in built if a.revision != sha]
-        checks.append(Check("mirror", not bad, f"{len(built)} artifacts in the local hub mirror at {hub_mirror_dir(cfg)}"
+        where = hub_mirror_dir(cfg)
+        checks.append(Check("mirror", not bad, f"{len(built)} artifacts in the local hub mirror at {where}"
                             + (f"; not at their pins: {', '.join(bad[:3])}" if bad else ""),
                             f"run `polyalign pin --profile {cfg.profile}`"))
     names = ", ".join(a.repo_id for a in loose[:4]) + (" ..." if len(loose) > 4 else "")

@@ -136,11 +136,12 @@ def checkpoints(output_dir) -> list[Path]:
 
 
 def prune_checkpoints(output_dir, keep: int) -> list[str]:
-    "Delete the checkpoints beyond the newest `keep` (0 keeps all) once `final/` exists; returns the deleted names."
+    "Delete the checkpoints beyond the newest `keep` (0: all of them) once `final/` exists; returns the deleted names."
     out = Path(output_dir)
     if keep < 0: raise ConfigError(f"keep_checkpoints must be >= 0, got {keep}")
     if not (out / "final").is_dir(): raise FileNotFoundError(f"{out}: no final/ yet; checkpoints are kept for resume")
-    doomed = checkpoints(out)[:-keep] if keep else []
+    found = checkpoints(out)
+    doomed = found[:max(len(found) - keep, 0)]
     for ck in doomed: ck.rename(ck.with_name(PRUNED_PREFIX + ck.name))
     for d in sorted(out.glob(PRUNED_PREFIX + "*")): shutil.rmtree(d)
     if doomed: log.info("%s: deleted %d checkpoints, kept the newest %d", out.name, len(doomed), keep)
