@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.polyalign-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test reproduce bench export readme check-export clean-runs
+.PHONY: setup test rehearsal reproduce bench export readme check-export clean-runs
 
 setup: $(STAMP)
 
@@ -21,8 +21,12 @@ $(STAMP): settings.ini setup.py constraints.txt
 
 test: setup
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q tests --ignore=tests/test_export_sync.py
+	$(BIN)/python -m pytest -q tests --ignore=tests/test_export_sync.py --ignore=tests/test_e2e_rehearsal.py
 	$(MAKE) --no-print-directory check-export
+
+# The paper profile's code paths on this CPU (local hub mirror, two training processes), end to end; CI runs it.
+rehearsal: setup
+	$(BIN)/python -m pytest -q tests/test_e2e_rehearsal.py
 
 reproduce: setup
 	$(BIN)/polyalign reproduce --profile tiny

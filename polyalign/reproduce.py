@@ -332,14 +332,15 @@ def _params_billions(repo_id: str) -> float:
 
 
 def disk_estimate_gb(cfg: RunConfig) -> float:
-    """A rough upper bound of what a run writes: per policy, bf16 weights of each trained method and language, plus
-    one resumable intermediate checkpoint (weights and fp32 Adam state, 14 bytes per parameter), plus the hub cache."""
+    """A rough upper bound of what a run writes: per policy, the fp32 final weights of each trained method and
+    language, plus one resumable intermediate checkpoint (weights and fp32 Adam state, 14 bytes per parameter),
+    plus the hub cache."""
     trained = len(cfg.sft.methods) + len(cfg.preference.methods)
     langs = len(cfg.sft.languages)
     gb = 0.0
     for m in cfg.models.policies:
         p = _params_billions(m) if _is_remote(m) and not cfg.hub_mirror else 0.001   # mirror: tiny stand-ins
-        gb += p * 2 * trained * langs + p * 14 + p * 2
+        gb += p * 4 * trained * langs + p * 14 + p * 2
     return round(gb + 20.0 * (cfg.data.source_mode == "hub" and not cfg.hub_mirror), 1)
 
 # %% ../nbs/11_reproduce.ipynb #6dc48986
