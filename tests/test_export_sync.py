@@ -46,5 +46,8 @@ def test_notebooks_are_clean():
 
 
 def test_ci_runs_readme_test_command():
+    "CI runs the README's test command, then the rehearsal of the paper profile, and nothing else."
     ci = (ROOT / ".ci" / "run").read_text()
-    assert [l for l in ci.splitlines() if l.strip() and not l.startswith("#")][-1].strip() == "make test"
+    steps = [l.strip() for l in ci.splitlines() if l.strip().startswith("make ")]
+    assert steps == ["make test", "make rehearsal"], steps
+    assert "make test" in (ROOT / "README.md").read_text() and "make rehearsal" in (ROOT / "README.md").read_text()
