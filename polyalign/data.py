@@ -20,9 +20,9 @@ __all__ = ['SCHEMA_VERSION', 'TRACKS', 'FAMILIES', 'STYLES', 'LENGTH_BINS', 'ROL
            'CJK_LENGTH_CHARS', 'TOKENIZERS', 'DEFAULT_BUCKET_FIELDS', 'NEAR_DUP_WINDOW', 'record_schema',
            'validate_record', 'records_to_table', 'read_split', 'normalize_text', 'canonical_text', 'length_tokens',
            'count_tokens', 'length_bin', 'bucket_key', 'answer_length', 'hash_unit', 'hash_split', 'system_profile',
-           'user_turn', 'render_messages', 'to_prompt_completion', 'accepts_system_role', 'fold_system',
-           'template_messages', 'merge_turns', 'template_renders', 'renderer', 'canonical_key', 'dedup_records',
-           'minhash_signatures', 'lsh_params', 'unique_signatures', 'band_candidates', 'near_duplicates']
+           'user_turn', 'render_messages', 'to_prompt_completion', 'accepts_system_role', 'fold_system', 'merge_turns',
+           'template_renders', 'template_messages', 'renderer', 'canonical_key', 'dedup_records', 'minhash_signatures',
+           'lsh_params', 'unique_signatures', 'band_candidates', 'near_duplicates']
 
 # %% ../nbs/01_data.ipynb #97a1bdcb
 SCHEMA_VERSION = "polyalign-record-v1"
@@ -273,12 +273,6 @@ def fold_system(messages: Sequence[Mapping]) -> list[dict]:
     return [{"role": "user", "content": system}, *rest]
 
 
-def template_messages(messages: Sequence[Mapping], tokenizer=None) -> list[dict]:
-    "The messages as the tokenizer's chat template takes them: the system text folded where it has no system role."
-    if tokenizer is None or accepts_system_role(tokenizer): return list(messages)
-    return fold_system(messages)
-
-
 def merge_turns(messages: Sequence[Mapping]) -> list[dict]:
     "Consecutive messages of one role joined into one (blank line between), for templates that require alternation."
     out: list[dict] = []
@@ -298,17 +292,17 @@ def template_renders(tokenizer, messages: Sequence[Mapping]) -> bool:
         return False
 
 
-def renderer(cfg: DataConfig | RunConfig | None = None, tokenizer=None):
-    """record -> chat messages for one policy: `render_messages`, with the system text folded for templates without a
-    system role, and consecutive turns of one role merged when the template insists on alternation (Gemma-2)."""
-    fold = tokenizer is not None and not accepts_system_role(tokenizer)
+def template_messages(messages: Sequence[Mapping], tokenizer=None) -> list[dict]:
+    """The messages as the tokenizer's chat template takes them: the system text folded where it has no system role,
+    consecutive turns of one role merged where it insists on alternation (Gemma-2); unchanged without a tokenizer."""
+    if tokenizer is None: return list(messages)
+    msgs = list(messages) if accepts_system_role(tokenizer) else fold_system(messages)
+    return msgs if template_renders(tokenizer, msgs) else merge_turns(msgs)
 
-    def render(r: Mapping) -> list[dict]:
-        msgs = render_messages(r, cfg)
-        if fold: msgs = fold_system(msgs)
-        if tokenizer is not None and not template_renders(tokenizer, msgs): msgs = merge_turns(msgs)
-        return msgs
-    return render
+
+def renderer(cfg: DataConfig | RunConfig | None = None, tokenizer=None):
+    "record -> chat messages for one policy: `render_messages` as its chat template takes them (`template_messages`)."
+    return lambda r: template_messages(render_messages(r, cfg), tokenizer)
 
 
 # %% ../nbs/01_data.ipynb #52b95df4
