@@ -158,7 +158,6 @@ class MetricsConfig:
     ci_level: float = 0.95
     paper_compat_truncate: bool = False  # print Table 2 truncated to 3 decimals as the paper did (default: rounded)
 
-
 # %% ../nbs/00_core.ipynb #36a12b93
 @dataclass
 class FeaturesConfig:
@@ -265,7 +264,24 @@ class GenerateConfig:
     methods: list[str] = field(default_factory=lambda: list(methods_for("generate")))  # not hashed
     splits: list[str] = field(default_factory=lambda: ["test"])  # plus train prompts for the preference stages
     vllm_gpu_memory_utilization: float = 0.85
-    vllm_data_parallel: int = 0  # 0 = one engine per visible GPU
+    vllm_data_parallel: int = 0  # engines, one per GPU in its own process; 0 = one per visible GPU
+    vllm_tensor_parallel_size: int = 1  # GPUs per engine
+    vllm_max_model_len: int = 0  # 0 = max_prompt_tokens + max_new_tokens
+    vllm_dtype: str = "bfloat16"  # auto, bfloat16, float16 or float32
+    python: str = ""  # the python of the environment vLLM is installed in ("" = this one); it runs the workers
+
+    def __post_init__(self):
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"generate.backend must be hf or vllm, got {self.backend!r}")
+        if self.vllm_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"generate.vllm_dtype must be auto, bfloat16, float16 or float32, got {self.vllm_dtype!r}")
+        for name in ("vllm_data_parallel", "vllm_max_model_len"):
+            if getattr(self, name) < 0: raise ConfigError(f"generate.{name} must be >= 0, got {getattr(self, name)}")
+        if self.vllm_tensor_parallel_size < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("generate.vllm_tensor_parallel_size, batch_size and max_new_tokens must be >= 1")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"generate.vllm_gpu_memory_utilization must lie in (0, 1], "
+                              f"got {self.vllm_gpu_memory_utilization}")
 
 # %% ../nbs/00_core.ipynb #3a71fcf4
 @dataclass
@@ -532,7 +548,6 @@ def read_yaml(path: str | Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
-
 
 # %% ../nbs/00_core.ipynb #9e97b4e7
 def check_methods(cfg: RunConfig) -> RunConfig:
@@ -902,7 +917,6 @@ def stage_is_current(run_dir: str | Path,  # the run directory holding manifest.
         p = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         if not p.exists() or file_hash(p) != h: return False
     return True
-
 
 # %% ../nbs/00_core.ipynb #1aadd203
 @dataclass

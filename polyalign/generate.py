@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +20,17 @@ import pandas as pd
 import torch
 
 from .core import (METHODS, ConfigError, GenerateConfig, StageResult, append_jsonl, derive_seed, log,
-                            read_jsonl, repair_jsonl_tail, run_path, run_stage)
+                            read_json, read_jsonl, repair_jsonl_tail, run_path, run_stage, write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['ROLE_NAMES', 'COT_INSTRUCTION', 'GENERATE_SECTIONS', 'FrequencyPresencePenalty', 'plain_prompt', 'Prompt',
-           'fit_prompt', 'parse_cot', 'sampling_kwargs', 'vllm_sampling_kwargs', 'shard', 'HFGenerator',
+__all__ = ['ROLE_NAMES', 'STYLE_GUIDANCE', 'COT_INSTRUCTION', 'PLAIN_STOPS', 'COT_STOPS', 'STOP_STRINGS', 'GENERATE_SECTIONS',
+           'FrequencyPresencePenalty', 'cot_instruction', 'plain_prompt', 'Prompt', 'fit_prompt', 'encode_prompts',
+           'parse_cot', 'end_of_turn_token', 'stop_token_ids', 'adds_bos', 'encode_prompt', 'sampling_kwargs',
+           'vllm_sampling_kwargs', 'vllm_engine_kwargs', 'vllm_json_params', 'shard', 'finish_answer', 'HFGenerator',
            'VLLMGenerator', 'prompt_builder', 'done_ids', 'generate', 'prediction_path', 'method_checkpoint',
-           'make_generator', 'generate_method', 'generation_result', 'generation_part', 'generate_stage',
-           'generation_summary']
+           'make_generator', 'generate_method', 'generate_with', 'generation_result', 'shard_files', 'merge_shards',
+           'engine_devices', 'generate_in_workers', 'generation_part', 'generate_stage', 'generation_summary',
+           'run_worker', 'main']
 
 # %% ../nbs/06_generate.ipynb #6124e7a9
 from transformers import LogitsProcessor
@@ -45,16 +51,48 @@ class FrequencyPresencePenalty(LogitsProcessor):
 # %% ../nbs/06_generate.ipynb #8dec11b0
 ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
-COT_INSTRUCTION = {
-    "en": ('Think step by step, then reply with one JSON object and nothing else: '
-           '{"reasoning": "<your step-by-step reasoning>", "final_answer": "<the answer only>"}'),
-    "zh": ('请逐步思考，然后只输出一个 JSON 对象，不要输出其他内容：'
-           '{"reasoning": "<逐步推理过程>", "final_answer": "<只写最终答案>"}'),
+# App. B: CoT carries the target response style of the example's interaction setting; never its length bin, which is
+# measured on the gold answer (deviations.md)
+STYLE_GUIDANCE = {
+    "en": {"assistant_like": "a direct, helpful reply to the request, as a person writing an instruction answer would",
+           "longform_qa": "an explanation in plain words, a few sentences long, as on a question-answering forum",
+           "open_chat": "a short, casual conversational reply, as one person chatting with another",
+           "qa_search": "a short factual answer (often a phrase or one sentence), grounded in the context",
+           "task_dialogue": "the next turn of a task-oriented dialogue: brief, polite and to the point"},
+    "zh": {"assistant_like": "直接、有帮助地回应请求，像人写的指令回答那样",
+           "longform_qa": "用平实的语言解释，几句话，像问答社区里的回答那样",
+           "open_chat": "简短、随意的聊天回复，像两个人之间的对话那样",
+           "qa_search": "简短的事实性答案（通常是一个短语或一句话），以上下文为依据",
+           "task_dialogue": "任务型对话的下一轮：简短、礼貌、切中要点"},
 }
+
+COT_INSTRUCTION = {
+    "en": ('Think step by step. The final answer should be {style}. Reply with one JSON object and nothing else: '
+           '{{"reasoning": "<your step-by-step reasoning>", "final_answer": "<the answer only>"}}'),
+    "zh": ('请逐步思考。最终答案应当是：{style}。只输出一个 JSON 对象，不要输出其他内容：'
+           '{{"reasoning": "<逐步推理过程>", "final_answer": "<只写最终答案>"}}'),
+}
+
+# where an untuned model writing a plain-text answer goes on to invent the next block (the authors' BaseLM stops, plus
+# this prompt's own block headers); CoT keeps the ones that cannot cut a JSON object short
+PLAIN_STOPS = ("\nQuestion:", "\nUser:", "\nAssistant:", "\nContext:", "\nConversation History:", "\nExplanation:",
+               "\nOutput:", "\n```", "\n#")
+COT_STOPS = PLAIN_STOPS[:5]
+STOP_STRINGS = {"plain": PLAIN_STOPS, "cot": COT_STOPS, "chat": ()}   # chat prompts stop at end of turn (token ids)
 
 
 def _turns(record) -> list[dict]:
     return [t for t in (record.get("dialogue_history") or []) if t and str(t.get("text", "")).strip()]
+
+
+def cot_instruction(record) -> str:
+    "The CoT instruction in the record's language, with the answer style of its `style_bucket`."
+    lang = record.get("language") if record.get("language") in COT_INSTRUCTION else "en"
+    style = STYLE_GUIDANCE[lang].get(record.get("style_bucket"))
+    if style is None:
+        raise ValueError(f"record {record.get('id')!r}: CoT needs a style_bucket of {', '.join(STYLE_GUIDANCE[lang])}, "
+                         f"got {record.get('style_bucket')!r}")
+    return COT_INSTRUCTION[lang].format(style=style)
 
 
 def plain_prompt(record, cot: bool = False) -> str:
@@ -66,9 +104,7 @@ def plain_prompt(record, cot: bool = False) -> str:
         blocks.append("Conversation History:\n" + "\n".join(lines))
     if str(record.get("context") or "").strip(): blocks.append("Context:\n" + record["context"])
     blocks.append("Question:\n" + record["question"])
-    if cot:
-        blocks.append(COT_INSTRUCTION.get(record.get("language"), COT_INSTRUCTION["en"]))
-        return "\n\n".join(blocks) + "\n\n"
+    if cot: return "\n\n".join([*blocks, cot_instruction(record)]) + "\n\n"
     return "\n\n".join(blocks) + "\n\nAnswer:"
 
 # %% ../nbs/06_generate.ipynb #317e2fbc
@@ -80,6 +116,7 @@ class Prompt:
     truncated: bool
     fits: bool
     record: dict | None = field(default=None, repr=False)  # the record as cut (history and context that were kept)
+    ids: list[int] = field(default_factory=list, repr=False)  # the token ids both backends are given
 
 
 def fit_prompt(record,                          # the example (question, context, dialogue_history)
@@ -107,6 +144,20 @@ def fit_prompt(record,                          # the example (question, context
         rec["context"] = ctx[lo:]; truncated = True
         text = build(rec); n = count(text)
     return Prompt(str(record["id"]), text, n, truncated, n <= max_tokens, rec)
+
+# %% ../nbs/06_generate.ipynb #b6ea3cad
+def encode_prompts(generator,                      # a backend: `count`/`encode` with its tokenizer
+                   records: Iterable[dict],        # the examples
+                   build: Callable[[dict], str],   # record -> prompt text (`prompt_builder`)
+                   max_tokens: int,                # the prompt budget
+                  ) -> list[Prompt]:
+    "`fit_prompt` for every record, each with the token ids the backend will be given (`encode_prompt`)."
+    out = []
+    for r in records:
+        p = fit_prompt(r, build, generator.count, max_tokens)
+        p.ids = generator.encode(p.text)
+        out.append(p)
+    return out
 
 # %% ../nbs/06_generate.ipynb #a95857de
 _FALLBACK_KEY = re.compile(r'"final_answer"\s*:\s*"((?:[^"\\]|\\.)*)"', re.S)
@@ -141,6 +192,53 @@ def parse_cot(text: str) -> tuple[str, str]:
     if lines: return lines[-1].strip(), "line"
     return text.strip(), "failed"
 
+# %% ../nbs/06_generate.ipynb #eaf11138
+_PROBE = "polyalign end-of-turn probe"
+
+
+def _special_ids(tokenizer) -> set[int]:
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    "The special token a chat template writes right after an assistant answer, or None (no template, or none there)."
+    from polyalign.data import template_messages
+    if not getattr(tokenizer, "chat_template", None): return None
+    msgs = template_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], tokenizer)
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    at = text.rfind(_PROBE)
+    if at < 0: return None
+    tail = tokenizer(text[at + len(_PROBE):], add_special_tokens=False)["input_ids"]
+    return tokenizer.convert_ids_to_tokens(tail[0]) if tail and tail[0] in _special_ids(tokenizer) else None
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    "Token ids that end an answer: the template's end of turn, the tokenizer's eos and the generation config's eos."
+    ids = {tokenizer.eos_token_id}
+    eot = end_of_turn_token(tokenizer)
+    if eot is not None: ids.add(tokenizer.convert_tokens_to_ids(eot))
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+def adds_bos(tokenizer) -> bool:
+    "Whether the tokenizer puts BOS in front of what it encodes (Llama-3, Gemma-2: yes; Qwen2.5: it has none)."
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def encode_prompt(tokenizer, text: str, bos: bool | None = None) -> list[int]:
+    """A prompt's token ids with BOS exactly once where the model expects one (`bos`, default `adds_bos`, or a
+    BOS the chat template wrote into `text`) and never twice."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    b = tokenizer.bos_token_id
+    if b is None: return ids
+    k = 0
+    while k < len(ids) and ids[k] == b: k += 1
+    lead = k > 0 or (adds_bos(tokenizer) if bos is None else bos)
+    return [b] * lead + ids[k:]
+
 # %% ../nbs/06_generate.ipynb #51da58c5
 def sampling_kwargs(gen: GenerateConfig) -> dict:
     "transformers `generate` kwargs for the run's decoding config (greedy when temperature is 0)."
@@ -151,11 +249,41 @@ def sampling_kwargs(gen: GenerateConfig) -> dict:
     return {**kw, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": 0}
 
 
-def vllm_sampling_kwargs(gen: GenerateConfig, seed: int | None = None) -> dict:
+def vllm_sampling_kwargs(gen: GenerateConfig,           # the run's decoding config
+                         seed: int | None = None,       # the request's seed
+                         stop_ids: Sequence[int] = (),  # `stop_token_ids` of the model
+                         stop: Sequence[str] = (),      # the prompt kind's `STOP_STRINGS`
+                        ) -> dict:
     "The same decoding as `vllm.SamplingParams` keyword arguments."
+    if gen.temperature < 0 or not 0 < gen.top_p <= 1:
+        raise ConfigError(f"invalid decoding: temperature={gen.temperature}, top_p={gen.top_p}")
     return {"temperature": gen.temperature, "top_p": gen.top_p, "repetition_penalty": gen.repetition_penalty,
             "frequency_penalty": gen.frequency_penalty, "presence_penalty": gen.presence_penalty,
-            "max_tokens": gen.max_new_tokens, "seed": seed, "n": 1}
+            "max_tokens": gen.max_new_tokens, "seed": seed, "n": 1, "stop_token_ids": list(stop_ids),
+            "stop": list(stop), "skip_special_tokens": True}
+
+
+def vllm_engine_kwargs(gen: GenerateConfig,             # the run's generation config
+                       model_path,                      # a local checkpoint directory or a hub id
+                       *,
+                       seed: int,                       # the engine's seed
+                       trust_remote_code: bool = False, # only when the config says so
+                       revision: str | None = None,     # the pinned hub revision of a hub id
+                      ) -> dict:
+    "`vllm.LLM` keyword arguments from the config (the model's generation_config.json defaults are not applied)."
+    return {"model": str(model_path), "tokenizer": str(model_path), "revision": revision,
+            "tokenizer_revision": revision, "seed": seed, "dtype": gen.vllm_dtype,
+            "max_model_len": gen.vllm_max_model_len or gen.max_prompt_tokens + gen.max_new_tokens,
+            "gpu_memory_utilization": gen.vllm_gpu_memory_utilization,
+            "tensor_parallel_size": gen.vllm_tensor_parallel_size, "trust_remote_code": trust_remote_code,
+            "generation_config": "vllm"}
+
+
+def vllm_json_params(schema: dict, **sampling):
+    "`vllm.SamplingParams` whose output must be a JSON object of `schema` (vLLM's structured outputs, since 0.12)."
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+    return SamplingParams(**sampling, structured_outputs=StructuredOutputsParams(json=schema))
 
 
 def shard(items: Sequence, n: int) -> list[list]:
@@ -167,89 +295,112 @@ def shard(items: Sequence, n: int) -> list[list]:
     return out
 
 # %% ../nbs/06_generate.ipynb #dafa708f
-class HFGenerator:
-    "Batched transformers generation with left padding and the run's decoding config."
+def finish_answer(tokenizer,                    # decodes the answer
+                  seq: Sequence[int],           # the generated ids (after the prompt)
+                  stop_ids: Sequence[int],      # `stop_token_ids`
+                  stop: Sequence[str] = (),     # stop strings
+                 ) -> tuple[str, int, str]:
+    "(answer text, answer tokens, finish reason): cut at the first stop id, decode, cut at the first stop string."
+    at = next((i for i, t in enumerate(seq) if t in stop_ids), None)
+    body = list(seq if at is None else seq[:at])
+    pad = tokenizer.pad_token_id
+    while at is None and body and body[-1] == pad: body.pop()    # a row ended by a stop string is padded after it
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    if cut >= 0: text = text[:cut]
+    return text.strip(), len(body), "stop" if at is not None or cut >= 0 else "length"
+
+
+class _Encoding:
+    "Prompt text -> token ids, shared by the backends (`encode_prompt`: BOS exactly once)."
+    def encode(self, text: str) -> list[int]: return encode_prompt(self.tok, text)
+    def count(self, text: str) -> int: return len(self.encode(text))
+    def chat_text(self, messages: list[dict]) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class HFGenerator(_Encoding):
+    "Batched transformers generation on token ids: left padding, the run's decoding, `stop_token_ids` and stop strings."
     def __init__(self,
                  model_path,                     # a local checkpoint directory or a hub id
                  gen: GenerateConfig,            # the run's decoding config
                  *,
                  seed: int,                      # the run seed; each batch is seeded from it and its first id
                  trust_remote_code: bool = False,  # only when the config says so
-                 dtype=None,                     # passed to `from_pretrained`
+                 dtype="auto",                   # auto: bf16 on a GPU that has it, else fp32
                  revision: str | None = None,    # the pinned hub revision of a hub id (`models.revisions`)
                 ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         path = Path(model_path)
         if not path.exists() and (path.is_absolute() or str(model_path).startswith((".", "runs"))):
             raise FileNotFoundError(f"model path does not exist: {model_path}")
+        cuda = torch.cuda.is_available()
+        if dtype == "auto": dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         kw = dict(trust_remote_code=trust_remote_code, revision=revision)
         self.tok = AutoTokenizer.from_pretrained(model_path, padding_side="left", **kw)
         if self.tok.pad_token is None: self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kw).eval()
-        if torch.cuda.is_available(): self.model.to("cuda")
+        if cuda: self.model.to("cuda")
         self.gen, self.seed = gen, seed
-        stops = (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>"),
-                 self.tok.convert_tokens_to_ids("<|endoftext|>"))
-        self.stop_ids = sorted({i for i in stops if isinstance(i, int) and i >= 0})
-
-    def count(self, text: str) -> int:
-        return len(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def chat_text(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        self.stop_ids = stop_token_ids(self.tok, self.model.generation_config)
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[Prompt]) -> list[dict]:
+    def __call__(self, prompts: Sequence[Prompt], stop: Sequence[str] = ()) -> list[dict]:
         from transformers import LogitsProcessorList
-        enc = self.tok([p.text for p in prompts], return_tensors="pt", padding=True,
-                       add_special_tokens=False).to(self.model.device)
+        enc = self.tok.pad({"input_ids": [p.ids for p in prompts]}, padding=True, return_tensors="pt")
+        enc = enc.to(self.model.device)
         plen = enc["input_ids"].shape[1]
         torch.manual_seed(derive_seed(self.seed, "generate", prompts[0].id))
         penalty = FrequencyPresencePenalty(plen, self.gen.frequency_penalty, self.gen.presence_penalty)
+        strings = {"stop_strings": list(stop), "tokenizer": self.tok} if stop else {}
         out = self.model.generate(**enc, **sampling_kwargs(self.gen), logits_processor=LogitsProcessorList([penalty]),
-                                  eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id)
+                                  eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id, **strings)
         rows = []
         for p, seq in zip(prompts, out[:, plen:].tolist()):
-            stop = next((i for i, t in enumerate(seq) if t in self.stop_ids), None)
-            body = seq if stop is None else seq[:stop]
-            rows.append({"prediction": self.tok.decode(body, skip_special_tokens=True).strip(),
-                         "finish_reason": "stop" if stop is not None else "length",
-                         "prompt_tokens": p.n_tokens, "completion_tokens": len(body), "prompt_truncated": p.truncated})
+            text, n, reason = finish_answer(self.tok, seq, self.stop_ids, stop)
+            rows.append({"prediction": text, "finish_reason": reason, "prompt_tokens": p.n_tokens,
+                         "completion_tokens": n, "prompt_truncated": p.truncated})
         return rows
 
 # %% ../nbs/06_generate.ipynb #64b1bbf3
-class VLLMGenerator:
-    "vLLM offline engine with the same sampling parameters (GPU servers; imported only when selected)."
+class VLLMGenerator(_Encoding):
+    "vLLM's offline engine with the same prompts ids, decoding and stops (GPU servers; imported only when selected)."
     def __init__(self,
                  model_path,                     # a local checkpoint directory or a hub id
-                 gen: GenerateConfig,            # the run's decoding config
+                 gen: GenerateConfig,            # the run's decoding and engine config
                  *,
-                 seed: int,                      # the engine's sampling seed
+                 seed: int,                      # the engine's seed; each request is seeded from it and its id
                  trust_remote_code: bool = False,  # only when the config says so
                  revision: str | None = None,    # the pinned hub revision of a hub id (`models.revisions`)
                 ):
         try:
-            from vllm import LLM, SamplingParams
+            from vllm import LLM
         except ImportError as e:
-            raise ConfigError("generate.backend=vllm needs the `gpu` extra (pip install -e '.[gpu]') "
-                              "on a GPU machine") from e
-        self.llm = LLM(model=str(model_path), seed=seed, trust_remote_code=trust_remote_code, revision=revision,
-                       tokenizer_revision=revision, gpu_memory_utilization=gen.vllm_gpu_memory_utilization)
+            raise ConfigError("generate.backend=vllm needs vLLM, installed in an environment of its own on a GPU "
+                              "machine and named by generate.python (see the README)") from e
+        from transformers import GenerationConfig
+        self.llm = LLM(**vllm_engine_kwargs(gen, model_path, seed=seed, trust_remote_code=trust_remote_code,
+                                            revision=revision))
         self.tok = self.llm.get_tokenizer()
-        self.params = SamplingParams(**vllm_sampling_kwargs(gen, seed))
+        try:
+            config = GenerationConfig.from_pretrained(model_path, revision=revision)
+        except OSError:                             # a checkpoint without generation_config.json
+            config = None
+        self.stop_ids = stop_token_ids(self.tok, config)
         self.gen, self.seed = gen, seed
 
-    def count(self, text: str) -> int:
-        return len(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def chat_text(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def __call__(self, prompts: Sequence[Prompt]) -> list[dict]:
-        outs = self.llm.generate([p.text for p in prompts], self.params, use_tqdm=False)
-        return [{"prediction": o.outputs[0].text.strip(), "finish_reason": o.outputs[0].finish_reason or "stop",
-                 "prompt_tokens": p.n_tokens, "completion_tokens": len(o.outputs[0].token_ids),
-                 "prompt_truncated": p.truncated} for p, o in zip(prompts, outs)]
+    def __call__(self, prompts: Sequence[Prompt], stop: Sequence[str] = ()) -> list[dict]:
+        from vllm import SamplingParams
+        params = [SamplingParams(**vllm_sampling_kwargs(self.gen, derive_seed(self.seed, "generate", p.id),
+                                                        self.stop_ids, stop)) for p in prompts]
+        outs = self.llm.generate([{"prompt_token_ids": list(p.ids)} for p in prompts], params, use_tqdm=False)
+        rows = []
+        for p, o in zip(prompts, outs):
+            c = o.outputs[0]
+            rows.append({"prediction": c.text.strip(), "finish_reason": c.finish_reason or "stop",
+                         "prompt_tokens": p.n_tokens, "completion_tokens": len(c.token_ids),
+                         "prompt_truncated": p.truncated})
+        return rows
 
 # %% ../nbs/06_generate.ipynb #ebc3ee9e
 def prompt_builder(method: str, generator, render: Callable[[dict], list[dict]] | None) -> Callable[[dict], str]:
@@ -273,7 +424,12 @@ def done_ids(path: str | Path) -> set[str]:
     return set(ids)
 
 # %% ../nbs/06_generate.ipynb #eab84ca1
-def generate(generator,                          # `HFGenerator`, `VLLMGenerator`, or anything with count/chat_text/call
+def _cot_counts(path) -> dict[str, int]:
+    parsed = [r.get("cot_parse") for r in read_jsonl(path)]
+    return {k: parsed.count(k) for k in ("json", "key", "line", "failed")}
+
+
+def generate(generator,                          # `HFGenerator`, `VLLMGenerator`, or anything with encode/count/call
              records: Sequence[dict],            # the rows to answer, each with a unique `id`
              method: str,                        # a name in `METHODS` (it picks the prompt kind)
              out_path: str | Path,               # the JSONL prediction file, appended and resumed
@@ -283,6 +439,7 @@ def generate(generator,                          # `HFGenerator`, `VLLMGenerator
              batch_size: int = 16,               # prompts per generator call
              max_prompt_tokens: int = 3840,      # prompts are cut from the left to fit this
              progress: bool = True,              # show a tqdm bar
+             sort_by_length: bool = True,        # batch prompts of similar length (longest first)
             ) -> dict:
     "Write one prediction row per record id to `out_path` (JSONL), resuming where a previous run stopped."
     from tqdm.auto import tqdm
@@ -290,9 +447,8 @@ def generate(generator,                          # `HFGenerator`, `VLLMGenerator
     if len(ids) != len(set(ids)): raise ValueError("generate: duplicate ids in the input records")
     have = done_ids(out_path)
     todo = [r for r in records if str(r["id"]) not in have]
-    build = prompt_builder(method, generator, render)
-    cot = METHODS[method].prompt == "cot"
-    prompts = [fit_prompt(r, build, generator.count, max_prompt_tokens) for r in todo]
+    kind = METHODS[method].prompt if method in METHODS else None
+    prompts = encode_prompts(generator, todo, prompt_builder(method, generator, render), max_prompt_tokens)
     too_long = [p for p in prompts if not p.fits]
     if too_long:
         log.warning("%s/%s: %d prompts do not fit %d tokens even after cutting; written as flagged rows",
@@ -301,14 +457,15 @@ def generate(generator,                          # `HFGenerator`, `VLLMGenerator
                                  "finish_reason": "prompt_too_long", "prompt_tokens": p.n_tokens,
                                  "completion_tokens": 0, "prompt_truncated": True} for p in too_long])
     prompts = [p for p in prompts if p.fits]
+    if sort_by_length: prompts.sort(key=lambda p: len(p.ids), reverse=True)   # stable: ties keep the input order
     t0, n_tok = time.perf_counter(), 0
     bar = tqdm(total=len(prompts), desc=f"{model_name}/{method}", disable=not progress)
     for s in range(0, len(prompts), batch_size):
         batch = prompts[s:s + batch_size]
         rows = []
-        for p, out in zip(batch, generator(batch)):
+        for p, out in zip(batch, generator(batch, STOP_STRINGS[kind])):
             row = {"id": p.id, "method": method, "model": model_name, **out}
-            if cot:
+            if kind == "cot":
                 row["raw_prediction"] = row["prediction"]
                 row["prediction"], row["cot_parse"] = parse_cot(row["raw_prediction"])
             rows.append(row); n_tok += out["completion_tokens"]
@@ -317,11 +474,10 @@ def generate(generator,                          # `HFGenerator`, `VLLMGenerator
     bar.close()
     dt = time.perf_counter() - t0
     stats = {"records": len(records), "resumed_skipped": len(have), "generated": len(prompts),
-             "flagged_too_long": len(too_long), "truncated": sum(p.truncated for p in prompts), "seconds": round(dt, 2),
+             "flagged_too_long": len(too_long), "truncated": sum(p.truncated for p in prompts),
+             "completion_tokens": n_tok, "seconds": round(dt, 2),
              "tokens_per_s": round(n_tok / dt, 1) if dt > 0 else None}
-    if cot:
-        parsed = [r.get("cot_parse") for r in read_jsonl(out_path)]
-        stats["cot_parse"] = {k: parsed.count(k) for k in ("json", "key", "line", "failed")}
+    if kind == "cot": stats["cot_parse"] = _cot_counts(out_path)
     log.info("%s/%s: %s", model_name, method, stats)
     return stats
 
@@ -369,22 +525,36 @@ def generate_method(cfg,                         # the run config (decoding, bat
                    ) -> dict[str, dict]:
     """Answer `records` with `method`'s per-language checkpoints of `model`, appending to
     `prediction_path(cfg.run_dir, model, method, split)`; returns {language: `generate` statistics}.
-    A language of `cfg.sft.languages` without rows loads no model and has no entry."""
+    A language of `cfg.sft.languages` without rows loads no model and has no entry. With the vLLM backend the
+    answers come from worker processes (`generate_in_workers`), one engine per GPU."""
     from polyalign.core import model_revision
-    from polyalign.data import renderer
     rows = records.to_dict("records") if hasattr(records, "to_dict") else list(records)
     out = prediction_path(cfg.run_dir, model, method, split)
     stats = {}
     for lang in cfg.sft.languages:
         recs = [r for r in rows if r.get("language") == lang]
         if not recs: continue
-        trained = METHODS[method].checkpoint
-        generator = make_generator(cfg, method_checkpoint(cfg, model, method, lang),
-                                   None if trained else model_revision(cfg, model))
-        stats[lang] = generate(generator, recs, method, out, model_name=model,
-                               render=renderer(cfg.data, generator.tok), batch_size=cfg.generate.batch_size,
-                               max_prompt_tokens=cfg.generate.max_prompt_tokens)
+        ckpt = method_checkpoint(cfg, model, method, lang)
+        revision = None if METHODS[method].checkpoint else model_revision(cfg, model)
+        if cfg.generate.backend == "vllm":
+            stats[lang] = generate_in_workers(cfg, ckpt, revision, recs, method, out, model_name=model)
+        else:
+            stats[lang] = generate_with(cfg, ckpt, revision, recs, method, out, model_name=model)
     return stats
+
+
+def generate_with(cfg, checkpoint: str, revision: str | None, records: Sequence[dict], method: str, out_path, *,
+                  model_name: str) -> dict:
+    "Answer `records` in this process with the configured backend on `checkpoint`; the model is freed afterwards."
+    from polyalign.data import renderer
+    generator = make_generator(cfg, checkpoint, revision)
+    try:
+        return generate(generator, records, method, out_path, model_name=model_name,
+                        render=renderer(cfg.data, generator.tok), batch_size=cfg.generate.batch_size,
+                        max_prompt_tokens=cfg.generate.max_prompt_tokens)
+    finally:
+        del generator
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
 
 
 def generation_result(stats: dict[str, dict], out: str | Path) -> StageResult:
@@ -392,6 +562,97 @@ def generation_result(stats: dict[str, dict], out: str | Path) -> StageResult:
     n = sum(s["records"] for s in stats.values())
     flagged = sum(s["flagged_too_long"] for s in stats.values())
     return StageResult(outputs=[out], rows_in=n, rows_out=n, rows_rejected=flagged, extra={"generation": stats})
+
+# %% ../nbs/06_generate.ipynb #0442137d
+def shard_files(out_path) -> list[Path]:
+    "The shard files workers write beside a prediction file (`<stem>.shard-<i>-of-<n>.jsonl`)."
+    out = Path(out_path)
+    return sorted(out.parent.glob(f"{out.stem}.shard-*-of-*.jsonl"))
+
+
+def merge_shards(out_path) -> int:
+    "Move the rows of every shard file into the prediction file (ids not there yet), deleting each; rows moved."
+    out, moved = Path(out_path), 0
+    have = done_ids(out)
+    for f in shard_files(out):
+        repair_jsonl_tail(f)
+        rows = [r for r in read_jsonl(f) if r["id"] not in have]
+        moved += append_jsonl(out, rows); have.update(r["id"] for r in rows)
+        f.unlink()
+    return moved
+
+
+def engine_devices(gen: GenerateConfig) -> list[str]:
+    "`CUDA_VISIBLE_DEVICES` of each engine: `vllm_data_parallel` engines (0: as many as the GPUs allow)."
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    tp = gen.vllm_tensor_parallel_size
+    n = gen.vllm_data_parallel or max(1, len(gpus) // tp)
+    if gpus and len(gpus) < n * tp:
+        raise ConfigError(f"generate: {n} engines x {tp} GPUs need {n * tp} GPUs; {len(gpus)} are visible")
+    return [",".join(gpus[i * tp:(i + 1) * tp]) for i in range(n)]
+
+
+def _plain(v):
+    "A record value as JSON sees it (arrays from parquet become lists)."
+    if hasattr(v, "tolist"): v = v.tolist()
+    if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
+    return v
+
+# %% ../nbs/06_generate.ipynb #7c5aa4da
+def _start_worker(cfg, job: dict, work: Path, i: int, device: str):
+    from polyalign.core import config_to_dict
+    job_path = work / f"job-{i}.json"
+    write_json(job_path, {**job, "config": config_to_dict(cfg), "stats": str(work / f"stats-{i}.json")})
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, "PYTHONUNBUFFERED": "1"}
+    with open(work / f"worker-{i}.log", "w") as logf:
+        return subprocess.Popen([cfg.generate.python or sys.executable, "-m", "polyalign.generate", str(job_path)],
+                                env=env, stdout=logf, stderr=subprocess.STDOUT)
+
+
+def generate_in_workers(cfg,                     # the run config (`generate` section: engines, python)
+                        checkpoint: str,         # the checkpoint every worker loads
+                        revision: str | None,    # its pinned hub revision (a hub id), else None
+                        records: Sequence[dict], # the rows to answer
+                        method: str,             # a name in `METHODS`
+                        out_path,                # the prediction file the shards are merged into
+                        *,
+                        model_name: str,         # written into every row's `model`
+                       ) -> dict:
+    "Answer `records` with one worker process per engine on shards of the missing ids; statistics as `generate`."
+    out = Path(out_path)
+    merge_shards(out)                            # rows a crashed run left in shard files
+    have = done_ids(out)
+    todo = [_plain(dict(r)) for r in records if str(r["id"]) not in have]
+    devices = engine_devices(cfg.generate)[:max(1, len(todo))]
+    work = out.parent / f".{out.stem}.workers"
+    t0, stats = time.perf_counter(), []
+    shutil.rmtree(work, ignore_errors=True)     # job files of a crashed run
+    if todo:
+        work.mkdir(parents=True)
+        procs = []
+        for i, (part, device) in enumerate(zip(shard(todo, len(devices)), devices)):
+            write_jsonl(work / f"records-{i}.jsonl", part)
+            job = {"checkpoint": str(checkpoint), "revision": revision, "method": method, "model_name": model_name,
+                   "records": str(work / f"records-{i}.jsonl"),
+                   "out": str(out.with_name(f"{out.stem}.shard-{i}-of-{len(devices)}.jsonl"))}
+            procs.append(_start_worker(cfg, job, work, i, device))
+        failed = [(i, rc) for i, p in enumerate(procs) if (rc := p.wait()) != 0]
+        merge_shards(out)                        # keep every row the workers wrote, failed ones included
+        if failed:
+            raise RuntimeError(f"{out}: generation worker(s) failed: " + "; ".join(
+                f"worker {i} exit {rc} (log {work / f'worker-{i}.log'})" for i, rc in failed) + "; rerun to resume")
+        stats = [read_json(work / f"stats-{i}.json") for i in range(len(procs))]
+        shutil.rmtree(work)
+    dt, n_tok = time.perf_counter() - t0, sum(s["completion_tokens"] for s in stats)
+    out_stats = {"records": len(records), "resumed_skipped": len(have), "engines": len(stats),
+                 **{k: sum(s[k] for s in stats) for k in ("generated", "flagged_too_long", "truncated",
+                                                          "completion_tokens")},
+                 "seconds": round(dt, 2), "tokens_per_s": round(n_tok / dt, 1) if stats and dt > 0 else None}
+    if METHODS[method].prompt == "cot" and out.exists(): out_stats["cot_parse"] = _cot_counts(out)
+    return out_stats
 
 # %% ../nbs/06_generate.ipynb #b4431b3b
 GENERATE_SECTIONS = ("seed", "models", "data", "sft", "generate")   # config sections a generation part depends on
@@ -437,3 +698,29 @@ def generation_summary(records: dict[str, dict]) -> pd.DataFrame:
                 if k in ("generated", "truncated", "tokens_per_s")}
         rows.append({"split": split, "model": "/".join(model), "method": method, **cols})
     return pd.DataFrame(rows)
+
+# %% ../nbs/06_generate.ipynb #1eeaeaae
+def run_worker(job_path) -> dict:
+    "Run one worker job written by `generate_in_workers`; writes and returns its `generate` statistics."
+    from polyalign.core import config_from_dict
+    job = read_json(job_path)
+    cfg = config_from_dict(job["config"])
+    stats = generate_with(cfg, job["checkpoint"], job["revision"], read_jsonl(job["records"]), job["method"],
+                          job["out"], model_name=job["model_name"])
+    write_json(job["stats"], stats)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "`python -m polyalign.generate <job.json>`: one generation worker."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m polyalign.generate <job.json>  (workers are started by generate_in_workers)",
+              file=sys.stderr)
+        return 2
+    run_worker(argv[0])
+    return 0
+
+
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "polyalign.generate":
+    sys.exit(main())  # run as `python -m polyalign.generate`; never in a notebook kernel

@@ -32,10 +32,11 @@ from .core import (ConfigError, StageResult, asset_path, atomic_write_text, call
 # %% auto #0
 __all__ = ['CHECKPOINT_DIR', 'PRUNED_PREFIX', 'TRAINER_BUILDERS', 'LAUNCHERS', 'BACKENDS', 'max_length_for', 'world_size',
            'accumulation_steps', 'check_global_batch', 'one_device', 'TrainingGuard', 'check_training_setup',
-           'checkpoints', 'prune_checkpoints', 'TrainJob', 'build_trainer', 'run_training', 'training_result',
-           'resolve_launch_file', 'distributed_options', 'free_port', 'launch_command', 'LaunchError', 'launch_env',
-           'run_launched', 'train_job', 'launch_options', 'launched_job', 'finished_launch', 'prepare_launch',
-           'launch_jobs', 'launch_training', 'run_job', 'main', 'train_part', 'TrainingPart', 'train_parts']
+           'checkpoints', 'prune_checkpoints', 'TrainJob', 'build_trainer', 'record_end_of_turn', 'run_training',
+           'training_result', 'resolve_launch_file', 'distributed_options', 'free_port', 'launch_command',
+           'LaunchError', 'launch_env', 'run_launched', 'train_job', 'launch_options', 'launched_job',
+           'finished_launch', 'prepare_launch', 'launch_jobs', 'launch_training', 'run_job', 'main', 'train_part',
+           'TrainingPart', 'train_parts']
 
 # %% ../nbs/12_train.ipynb #7e321bd2
 def max_length_for(section, model: str, lang: str) -> int:
@@ -179,6 +180,22 @@ def build_trainer(cfg, job: TrainJob, dataset):
     module, fn = TRAINER_BUILDERS[job.kind].split(":")
     return getattr(importlib.import_module(module), fn)(cfg, job, dataset)
 
+# %% ../nbs/12_train.ipynb #e04052ff
+def record_end_of_turn(model, tokenizer) -> str | None:
+    """Make the chat template's end-of-turn token the checkpoint's eos (tokenizer, model config, generation config,
+    which keeps the base eos as a second stop id), so that any generator stops where training ended each answer.
+    Returns the token, or None when the template has none."""
+    from polyalign.generate import end_of_turn_token
+    eot = end_of_turn_token(tokenizer)
+    if eot is None or eot == tokenizer.eos_token: return eot
+    tokenizer.eos_token = eot
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    model.config.eos_token_id = eot_id
+    old = model.generation_config.eos_token_id
+    old = [old] if isinstance(old, int) else list(old or [])
+    model.generation_config.eos_token_id = [eot_id, *[i for i in old if i != eot_id]]
+    return eot
+
 # %% ../nbs/12_train.ipynb #b64e3d9b
 def _seen_by_rank(trainer) -> list[dict]:
     from accelerate.utils import gather_object
@@ -197,6 +214,7 @@ def run_training(trainer, output_dir, examples_per_step: int, name: str = "train
     if last: log.info("%s: resuming from %s", name, last)
     result = trainer.train(resume_from_checkpoint=last)
     final = output_dir / "final"
+    record_end_of_turn(trainer.model, trainer.processing_class)   # generation stops where each trained answer ended
     trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards; rank 0 writes
     if trainer.is_world_process_zero(): trainer.processing_class.save_pretrained(str(final))
     seen = _seen_by_rank(trainer)

@@ -10,6 +10,7 @@ import pytest
 
 from polyalign.core import load_config, model_slug
 from polyalign.reproduce import STAGES
+from polyalign.tiny import stand_in_family
 
 CFG = load_config("rehearsal")
 
@@ -64,6 +65,11 @@ def test_training_ran_as_two_processes_and_pruned_its_checkpoints(run):
     assert not list((out / "checkpoints").rglob("checkpoint-*"))   # pruned once final/ was written
     finals = list((out / "checkpoints").rglob("final"))
     assert len(finals) == len(CFG.models.policies) * len(CFG.sft.languages) * 4
+    eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma2": "<end_of_turn>"}
+    for model in CFG.models.policies:        # every checkpoint's eos is its template's end of turn
+        for final in (out / "checkpoints" / model_slug(model)).rglob("final"):
+            tok = json.loads((final / "tokenizer_config.json").read_text())
+            assert tok["eos_token"] == eot[stand_in_family(model)], (final, tok["eos_token"])
 
 
 def test_predictions_of_every_method_and_model_cover_the_test_split_once(run):

@@ -20,7 +20,8 @@ def model_dir(tmp_path_factory):
 
 def records(n=10):
     return [{"id": f"r{i:02d}", "language": "en" if i % 2 else "zh", "question": f"Question {i}? 问题{i}？",
-             "context": "Some context. 一些上下文。" * (i % 3), "dialogue_history": []} for i in range(n)]
+             "context": "Some context. 一些上下文。" * (i % 3), "dialogue_history": [], "style_bucket": "qa_search"}
+            for i in range(n)]
 
 
 GEN = GenerateConfig(max_new_tokens=8, batch_size=4, max_prompt_tokens=200)
@@ -52,11 +53,11 @@ def test_resume_after_crash_gives_one_row_per_id(model_dir, tmp_path):
     real = g.__call__
 
     class Crashing:
-        def __init__(self): self.count, self.chat_text = g.count, g.chat_text
-        def __call__(self, batch):
+        def __init__(self): self.count, self.encode, self.chat_text = g.count, g.encode, g.chat_text
+        def __call__(self, batch, stop=()):
             calls["n"] += 1
             if calls["n"] == 2: raise KeyboardInterrupt("killed")
-            return real(batch)
+            return real(batch, stop)
     with pytest.raises(KeyboardInterrupt):
         generate(Crashing(), records(), "base_lm", out, model_name="tiny", batch_size=4, progress=False)
     with open(out, "a") as f: f.write('{"id": "r99", "predic')          # a torn line from the kill
