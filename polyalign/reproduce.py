@@ -27,7 +27,7 @@ from .core import (METHOD_SECTIONS, METHODS, ConfigError, StageResult, RunConfig
 __all__ = ['STAGES', 'METHOD_STAGES', 'ENGINE_NAME', 'KEEP_TAGS', 'Stage', 'select_stages', 'is_stage_cell', 'stage_cells',
            'StageEngine', 'StageFailed', 'kernel_name', 'run_notebook', 'resolve_run', 'reproduce', 'stage_outcome',
            'outputs_summary', 'device_info', 'info', 'RemoteArtifact', 'remote_artifacts', 'unpinned', 'Check',
-           'needs_gpu', 'disk_estimate_gb', 'hub_reachable', 'artifact_check', 'end_of_turn', 'template_check',
+           'needs_gpu', 'disk_estimate_gb', 'hub_reachable', 'artifact_check', 'vllm_check', 'template_check',
            'preflight', 'paper_minutes', 'plan', 'pin', 'build_run_mirror', 'check_mirror', 'main']
 
 # %% ../nbs/11_reproduce.ipynb #9808d80e
@@ -382,13 +382,19 @@ def artifact_check(a: RemoteArtifact, online: bool) -> Check:
         return Check(name, False, f"{type(e).__name__}: {why}", fix)
 
 # %% ../nbs/11_reproduce.ipynb #9e5aa297
-def end_of_turn(tokenizer) -> str | None:
-    "The special token the chat template puts right after an assistant message (None when there is none)."
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": "XYZ"}],
-                                         tokenize=False)
-    after = text[text.rindex("XYZ") + 3:].lstrip()
-    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
-    return next((t for t in specials if after.startswith(t)), None)
+def vllm_check(cfg: RunConfig) -> Check:
+    "vLLM and this package import in the environment the generation workers run in (`generate.python`)."
+    import subprocess
+    python = cfg.generate.python or sys.executable
+    fix = ("install vLLM in an environment of its own (README: the vLLM environment) and set generate.python "
+           "to its python")
+    try:
+        r = subprocess.run([python, "-c", "import vllm, polyalign.generate; print(vllm.__version__)"],
+                           capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Check("vllm", False, f"{python}: {type(e).__name__}", fix)
+    last = (r.stderr.strip().splitlines() or ["no output"])[-1][:100]
+    return Check("vllm", r.returncode == 0, f"vLLM {r.stdout.strip()} in {python}" if r.returncode == 0 else last, fix)
 
 
 def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
@@ -396,6 +402,7 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
     from transformers import AutoTokenizer
     from polyalign.core import base_model_path
     from polyalign.data import accepts_system_role, renderer
+    from polyalign.generate import end_of_turn_token
     path = base_model_path(cfg, model)
     if model == "tiny" and not Path(path).is_dir():
         return Check(f"chat template {model}", True, "built by the core stage")
@@ -414,7 +421,7 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
         return Check(f"chat template {model}", False, f"rejects the renderer's messages: {str(e)[:80]}",
                      "give the model a chat template that takes user/assistant turns (`models.trust_remote_code`"
                      " or a local copy with a fixed template)")
-    eot = end_of_turn(tok)
+    eot = end_of_turn_token(tok)
     how = "renders (no system role: system text folded into the first user turn)" if folded else "renders"
     return Check(f"chat template {model}", eot is not None, f"{how}; end of turn {eot!r}",
                  "give the tokenizer a chat template whose assistant turns end with a special token")
@@ -452,8 +459,7 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     checks.append(Check("disk", free >= need, f"{free:.0f} GB free at {where}, about {need:.0f} GB needed",
                         "free space or point --out at a larger volume"))
     if cfg.generate.backend == "vllm":
-        checks.append(Check("vllm", importlib.util.find_spec("vllm") is not None, "generate.backend is vllm",
-                            "pip install -e '.[gpu]' in an environment of its own (vLLM pins torch)"))
+        checks.append(vllm_check(cfg))
     online = False
     if arts:
         online, why = (False, "the profile is offline (hf_offline)") if cfg.hf_offline else hub_reachable()

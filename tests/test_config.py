@@ -75,3 +75,15 @@ def test_malformed_yaml_names_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("profile: tiny\nseed: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad.yaml at line \d+, column \d+"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generate.backend=tgi", "generate.backend must be hf or vllm"),
+    ("generate.vllm_dtype=int8", "generate.vllm_dtype must be"),
+    ("generate.vllm_data_parallel=-1", "generate.vllm_data_parallel must be >= 0"),
+    ("generate.vllm_tensor_parallel_size=0", "must be >= 1"),
+    ("generate.vllm_gpu_memory_utilization=1.5", "must lie in (0, 1]"),
+])
+def test_generate_config_is_validated(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        load_config("tiny", [override])

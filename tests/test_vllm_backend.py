@@ -123,3 +123,11 @@ def test_a_crashed_worker_resumes_without_duplicates(fake_vllm, llama_dir, tmp_p
     rows = read_jsonl(out)
     assert len(rows) == len({r["id"] for r in rows}) == 12
     assert {r["id"]: r for r in rows} == {r["id"]: r for r in read_jsonl(ref)}
+
+
+def test_plan_finds_vllm_in_the_configured_environment(fake_vllm, tmp_path):
+    from polyalign.reproduce import vllm_check
+    ok = vllm_check(load_config("tiny", ["generate.backend=vllm", f"generate.python={sys.executable}"]))
+    assert ok.ok and "0.33.0" in ok.detail
+    missing = vllm_check(load_config("tiny", ["generate.backend=vllm", f"generate.python={tmp_path / 'no-python'}"]))
+    assert not missing.ok and "FileNotFoundError" in missing.detail and "generate.python" in missing.fix
