@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.polyalign-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test rehearsal reproduce bench export readme check-export clean-runs
+.PHONY: setup test rehearsal reproduce bench export readme check-export clean-runs gpu-smoke-bundle gpu-smoke-cpu \
+	vllm-env
 
 setup: $(STAMP)
 
@@ -33,6 +34,21 @@ reproduce: setup
 
 bench: setup
 	$(BIN)/python papers/polyalign/bench/run.py
+
+# What a bare GPU machine lacks for scripts/gpu_smoke.py (tiny checkpoints, a few rows per split, wheels), in
+# build/gpu-smoke/ with the command to run there (RUN.md); fails when it is over the 60 MiB that may travel.
+gpu-smoke-bundle: setup
+	$(BIN)/python scripts/gpu_smoke_bundle.py --out build/gpu-smoke
+
+# The GPU smoke test's dry run on this CPU (fp32, CPU against CPU): every step's code path, a few minutes.
+gpu-smoke-cpu: gpu-smoke-bundle
+	$(BIN)/python scripts/gpu_smoke.py --bundle build/gpu-smoke --out build/gpu-smoke-cpu.json --cpu
+
+# GPU servers: vLLM in an environment of its own (it pins torch and transformers); generate.python names its python.
+vllm-env:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --quiet -r requirements-vllm.txt
+	.venv-vllm/bin/python -m pip install --quiet --no-deps -e .
 
 # Regenerate the library and the README from the notebooks (commit the result).
 export: setup

@@ -12,11 +12,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def _records(n: int, seed: int = 0) -> list[dict]:
-    "Questions with contexts of 0 to ~300 tokens, in shuffled order (a test split is not sorted by length)."
+    "Questions with contexts of 0 to 180 words, in shuffled order (a test split is not sorted by length)."
     rng = random.Random(seed)
     words = "the river runs past an old mill where people meet to talk about the weather and the harvest".split()
     return [{"id": f"b{i}", "language": "en", "question": f"Explain topic number {i} briefly, please.",
-             "context": " ".join(rng.choice(words) for _ in range(rng.choice([0, 10, 40, 120, 250]))),
+             "context": " ".join(rng.choice(words) for _ in range(rng.choice([0, 10, 40, 100, 180]))),
              "dialogue_history": [], "style_bucket": "qa_search"} for i in range(n)]
 
 
@@ -74,7 +74,7 @@ def main() -> Path:
         "Stop tokens disabled (every row generates the full budget):", "",
         "| batch | prompts | generated tokens | seconds | tokens/s |", "|---|---|---|---|---|",
         *[f"| {bs} | {n} | {t} | {dt:.2f} | {t / dt:,.0f} |" for bs, n, t, dt in rows], "",
-        "Batch 16, 64 prompts with contexts of 0 to ~250 words in shuffled order; 100 random token ids end a row, so "
+        "Batch 16, 64 prompts with contexts of 0 to 180 words in shuffled order; 100 random token ids end a row, so "
         f"answers have mixed lengths (min / median / max {lens[0]} / {lens[len(lens) // 2]} / {lens[-1]} tokens). "
         "`generate` with `sort_by_length` (the default: batches of similar prompt length, longest first) against "
         "input order; best of two interleaved runs each:", "",
