@@ -8,7 +8,7 @@ Steps (each runs even when an earlier one failed; the report records its result,
 3. DPO and HDPO, 10 steps each from the SFT checkpoints, on pairs of the human answer and a made-up rejected answer;
 4. HF generation of 128 test prompts with the Bucket-SFT checkpoint, half first and then all (the resume);
 5. MAUVE featurisation and LM scoring on the GPU against the CPU;
-6. vLLM generation from the ChatML checkpoint, when vLLM is importable;
+6. vLLM generation through the package's own backend (`VLLMGenerator`), when vLLM is importable;
 7. bundle coverage: every distribution the run imported is in the GPU image or in the bundle's wheels.
 
 `--cpu` forces the CPU even where CUDA exists, in fp32, and compares CPU with CPU: a dry run of every code path.
