@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from polyalign.core import GenerateConfig, TinyModelSpec
+from polyalign.core import GenerateConfig, TinyModelSpec, read_jsonl
 from polyalign.data import template_messages
 from polyalign.generate import (PLAIN_STOPS, HFGenerator, encode_prompt, encode_prompts, end_of_turn_token, generate,
                                 plain_prompt, stop_token_ids)
-from polyalign.core import read_jsonl
 from polyalign.tiny import build_tiny
 
 ANSWER = "The tower is in Paris."

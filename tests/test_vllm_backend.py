@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from polyalign.core import GenerateConfig, TinyModelSpec, derive_seed, load_config, read_jsonl
-from polyalign.generate import (PLAIN_STOPS, VLLMGenerator, generate, generate_in_workers, shard_files,
+from polyalign.generate import (COT_STOPS, PLAIN_STOPS, VLLMGenerator, generate, generate_in_workers, shard_files,
                                 vllm_json_params)
 from polyalign.data import renderer
 from polyalign.tiny import build_tiny
@@ -77,6 +77,9 @@ def test_engine_sampling_stop_ids_and_token_prompts(fake_vllm, llama_dir, tmp_pa
     plain = [e for e in fake_vllm() if e["event"] == "request"][3:]
     assert all(r["params"]["stop"] == list(PLAIN_STOPS) and r["prompt_token_ids"].count(bos) == 1
                and r["prompt_token_ids"][0] == bos for r in plain)          # a plain prompt gets the tokenizer's BOS
+    generate(g, records(1), "cot", tmp_path / "cot.jsonl", model_name="m", progress=False)
+    [cot] = [e for e in fake_vllm() if e["event"] == "request"][5:]
+    assert cot["params"]["stop"] == list(COT_STOPS) and cot["prompt_token_ids"].count(bos) == 1
 
 
 def test_structured_output_request(fake_vllm):
