@@ -77,7 +77,7 @@ def support_distance(z,                              # feature rows: a FeatureMa
         d = (np.maximum(lo - X, 0.0) + np.maximum(X - hi, 0.0)) / s
     if cap: d = np.minimum(d, float(cap))
     d = np.where(J, d, 0.0)
-    D = d.sum(1) / np.maximum(J.sum(1), 1)
+    D = np.where(J.any(1), d.sum(1) / np.maximum(J.sum(1), 1), np.nan)   # Eq. 4 needs J_b(z) non-empty
     if require_eligible: D = np.where(references.eligible[bi], D, np.nan)
     return float(D[0]) if single else D
 
@@ -384,11 +384,14 @@ def critic_data(frame,                       # the split's records (id, bucket_i
     Dh = support_distance(Xh, references, buckets, cap=cap)
     Dm = support_distance(Xm, references, buckets, cap=cap)
     keep = np.isfinite(Dh) & np.isfinite(Dm)
+    featured = np.isfinite(support_distance(Xh, references, buckets, cap=cap, require_eligible=False)) & \
+        np.isfinite(support_distance(Xm, references, buckets, cap=cap, require_eligible=False))
     rows = np.flatnonzero(keep); n = len(rows)
     human_txt, model_txt = frame["human_answer"].astype(str).tolist(), [str(a) for a in answers]
     same = np.array([_fold(human_txt[i]) == _fold(model_txt[i]) for i in rows], dtype=bool)
     pairs = np.stack([np.arange(n), n + np.arange(n)], 1)[~same]
-    counts = {"records": len(frame), "no_target_ineligible_bucket": int((~keep).sum()), "regression_rows": 2 * n,
+    counts = {"records": len(frame), "no_target_ineligible_bucket": int((~keep & featured).sum()),
+              "no_target_no_usable_feature": int((~featured).sum()), "regression_rows": 2 * n,
               "pairs": int(len(pairs)), "pairs_dropped_identical": int(same.sum())}
     return CriticData(np.vstack([Xh[rows], Xm[rows]]).astype(np.float32),
                       [human_txt[i] for i in rows] + [model_txt[i] for i in rows],
@@ -678,7 +681,8 @@ def train_model_critic(cfg: RunConfig, model: str) -> StageResult:
     summary = {"model": model, "kind": cc.kind, "seed": seed, "counts": counts, "val": val_metrics,
                "train": train_metrics, **fit, "generation": gen}
     outputs += [out_dir, write_json(out_dir / "training_summary.json", summary)]
-    rejected = sum(c["prompt_too_long"] + c["no_target_ineligible_bucket"] for c in counts.values())
+    rejected = sum(c["prompt_too_long"] + c["no_target_ineligible_bucket"] + c["no_target_no_usable_feature"]
+                   for c in counts.values())
     n_in = sum(c["records"] for c in counts.values())
     return StageResult(outputs=outputs, rows_in=n_in, rows_out=n_in - rejected, rows_rejected=rejected,
                        extra={"critic": critic_report(fit, val_metrics, train_metrics, counts)})

@@ -25,10 +25,16 @@ def refs_by_hand():
     ([5.0, 6.0, 5.0], 1.0),                 # above u: 4/2 over 2
     ([5.0, 1.5, 1e9], 0.0),                 # constant feature excluded (no 1e-6 blow-up)
     ([np.nan, 6.0, 5.0], 2.0),              # missing feature leaves J_b
-    ([np.nan, np.nan, np.nan], 0.0),        # empty J_b
 ])
 def test_support_distance_hand(z, expected):
     assert support_distance(z, refs_by_hand(), "a") == pytest.approx(expected)
+
+
+def test_support_distance_needs_a_usable_feature():
+    "Eq. 4 requires J_b(z) to be non-empty: with no usable feature D_b is undefined (NaN), not a perfect 0."
+    R = refs_by_hand()
+    assert np.isnan(support_distance([np.nan, np.nan, np.nan], R, "a"))
+    assert np.isnan(support_distance([np.nan, np.nan, 5.0], R, "a", require_eligible=False))   # f3 is constant
 
 
 def test_support_distance_vectorised_cap_eligibility_unknown():
