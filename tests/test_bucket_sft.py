@@ -11,7 +11,7 @@ from polyalign.bucket_sft import (BUCKET_WEIGHTED, BucketSFTConfig, BucketSFTTra
                                   bucket_masses, bucket_weights, example_weights, fit_train_records, lora_config,
                                   macro_risk, make_sft_trainer, per_example_token_nll, sft_arguments, sft_dataset,
                                   training_summary, weighted_risk)
-from polyalign.core import PreferenceConfig, SFTStageConfig, TinyModelSpec, methods_for
+from polyalign.core import ConfigError, PreferenceConfig, SFTStageConfig, TinyModelSpec, methods_for
 from polyalign.tiny import build_tiny
 
 
@@ -48,6 +48,24 @@ def test_whole_set_in_one_batch_equals_eq1_by_hand(tiny, tmp_path):
     assert tr.compute_loss(tr.model, dict(batch)).item() == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_weighted_loss_by_value_with_weights_not_averaging_one(tiny, tmp_path):
+    "The loss is Σ_i w_i ℓ_i / |M| (ℓ_i each example's token-mean NLL), not / Σ w, on batches of 4 and 3 examples."
+    ds = toy(4, [0.3, 2.5, 1.7, 0.9])                        # mean 1.35; answers of 17 to 41 supervised tokens
+    tr = trainer(tiny, ds, tmp_path, per_device_train_batch_size=4, max_steps=1)
+    for rows in ([0, 1, 2, 3], [1, 2, 3]):
+        batch = tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in rows]))
+        with torch.no_grad():
+            logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+        labels = batch["labels"][:, 1:]
+        supervised = labels != -100
+        token_lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        ell = -(token_lp * supervised).sum(1) / supervised.sum(1)
+        w = torch.tensor([ds["weight"][i] for i in rows], dtype=torch.float64)
+        assert len(set(supervised.sum(1).tolist())) == len(rows)   # unequal lengths: a token mean would differ
+        want = float((w * ell).sum() / len(rows))
+        assert tr.compute_loss(tr.model, dict(batch)).item() == pytest.approx(want, rel=1e-5), rows
+
+
 def _accumulated_grads(tiny, tmp_path, bs, ga):
     "Gradients after one optimiser step's worth of micro-batches, through the Trainer's own training_step (GA scaling)."
     tr = trainer(tiny, toy(4), tmp_path / f"{bs}x{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
@@ -68,10 +86,17 @@ def test_gradients_invariant_to_accumulation(tiny, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_weights_stay_fp32_under_bf16(tiny, tmp_path):
-    tr = trainer(tiny, toy(4), tmp_path, per_device_train_batch_size=2, max_steps=1, bf16=True)
+def test_weights_stay_fp32_under_bf16(tiny, tmp_path, monkeypatch):
+    "Under bf16 the weights reach the loss in fp32 though the Trainer casts floating inputs (as DeepSpeed bf16 does)."
+    tr = trainer(tiny, toy(4, [0.3, 1.37, 2.01, 0.33]), tmp_path, per_device_train_batch_size=2, max_steps=1, bf16=True)
+
+    def cast_floats(data):   # the Trainer's input preparation under a DeepSpeed bf16 config
+        return {k: v.to(torch.bfloat16) if torch.is_floating_point(v) else v for k, v in data.items()}
+
+    monkeypatch.setattr(tr, "_prepare_input", cast_floats)
     tr.train()
-    assert tr.last_weight_dtype == torch.float32
+    assert tr.state.global_step == 1 and tr.last_weight_dtype == torch.float32
+    assert {p.dtype for p in tr.model.parameters()} == {torch.float32}   # autocast, never bf16 storage
 
 
 def test_resume_continues_at_the_right_step(tiny, tmp_path):
@@ -153,6 +178,22 @@ def test_theorem1_properties(buckets, data):
         assert mass == pytest.approx(1 / len(set(buckets)), rel=1e-6)
     # fp32 weights
     assert weighted_risk(losses, buckets, table) == pytest.approx(macro_risk(losses, buckets), rel=1e-6, abs=1e-6)
+
+
+def test_bucket_weights_clip_then_renormalise_by_hand():
+    "w_b = N / (|B| n_b); with a clip: clip, then rescale so the per-example weights average exactly 1."
+    buckets = ["a"] * 6 + ["b"] * 3 + ["c"]                   # N = 10, |B| = 3
+    plain = {"a": 10 / 18, "b": 10 / 9, "c": 10 / 3}
+    assert bucket_weights(buckets) == pytest.approx(plain, rel=1e-12)
+    clipped = {"a": 0.6, "b": 10 / 9, "c": 2.0}               # clip to [0.6, 2.0]
+    c = 10 / (6 * 0.6 + 3 * 10 / 9 + 1 * 2.0)                  # N / Σ_b n_b w_b = 1.1194...: not 1
+    table = bucket_weights(buckets, clip=(0.6, 2.0))
+    assert table == pytest.approx({b: v * c for b, v in clipped.items()}, rel=1e-12)
+    w = example_weights(buckets, table)
+    assert w.dtype == np.float32 and w.tolist() == pytest.approx([table[b] for b in buckets])
+    assert float(np.mean(w)) == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(ConfigError, match="0 < lo <= hi"):
+        bucket_weights(buckets, clip=(2.0, 0.6))
 
 
 @pytest.mark.parametrize("option", [{"packing": True}, {"padding_free": True}, {"loss_type": "dft"},

@@ -1,14 +1,16 @@
-"""HDPO trainer: equals TRL's sigmoid DPO at λ=0, w=1; weighted loss by hand; pair columns survive; ref variants."""
+"""HDPO: the loss by value in every p mode and Theorem 5's pair weights by hand; the trainer equals TRL's sigmoid DPO
+at λ=0, w=1, its weighted loss by hand in every p mode, pair columns survive, the reference each variant names."""
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from polyalign.core import ConfigError, TinyModelSpec, methods_for, write_jsonl
-from polyalign.hdpo import (HDPO_OBJECTIVE, IGNORED_DPO_OPTIONS, HDPOConfig, HDPOTrainer, answer_policies,
-                            check_prediction_ids, hdpo_loss, preference_arguments)
+from polyalign.hdpo import (HDPO_OBJECTIVE, IGNORED_DPO_OPTIONS, HDPOConfig, HDPOTrainer, PairWeightConfig,
+                            answer_policies, check_prediction_ids, fit_pair_weights, hdpo_loss, preference_arguments,
+                            rarity)
 from polyalign.tiny import build_tiny
 
 
@@ -56,34 +58,54 @@ def test_lambda0_unit_weights_equals_trl_sigmoid(tiny, tmp_path):
     assert lh == pytest.approx(lt, abs=1e-5) and abs(lh - 0.6931) > 1e-4
 
 
-def test_weighted_loss_by_hand(tiny, tmp_path):
-    d, tok = tiny
-    ds = pairs(weights=(0.5, 2.0, 1.0, 0.5))
-    h = HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=AutoModelForCausalLM.from_pretrained(d),
-                    args=HDPOConfig(output_dir=str(tmp_path / "h"), hdpo_lambda=0.3, p_mode="summed", **COMMON),
-                    train_dataset=ds, processing_class=tok)
+def seq_logps(model, b):
+    "Summed log-probs of each sequence's completion tokens, from the full logits."
     with torch.no_grad():
-        for p in h.model.parameters(): p.add_(0.01)
-    b = _batch(h)
-    loss = h.compute_loss(h.model, dict(b)).item()
-    # by hand from full logits
-    with torch.no_grad():
-        def seq_logps(model):
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-            lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, b["input_ids"][:, 1:, None]).squeeze(-1)
-            return (lp * b["completion_mask"][:, 1:]).sum(1)
-        pc, pr = seq_logps(h.model).chunk(2); rc, rr = seq_logps(h.ref_model).chunk(2)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, b["input_ids"][:, 1:, None]).squeeze(-1)
+    return (lp * b["completion_mask"][:, 1:]).sum(1).double()
+
+
+def hdpo_by_hand(pc, pr, rc, rr, sp, sm, w, lc, lr, *, p_mode, beta, lam):
+    "Eqs. 6-10 in float64: the per-pair DPO term, p, R, the margin, and the loss (1/K) Σ_i w_i (L_DPO + λ R)."
+    pc, pr, rc, rr, sp, sm, w, lc, lr = (np.asarray(x, np.float64) for x in (pc, pr, rc, rr, sp, sm, w, lc, lr))
     margin = (pc - rc) - (pr - rr)
-    p = torch.sigmoid(0.1 * (pc - pr))
-    reg = p * b["s_plus"] + (1 - p) * b["s_minus"]
-    by_hand = (b["weight"] * (-F.logsigmoid(0.1 * margin) + 0.3 * reg)).mean().item()
-    assert loss == pytest.approx(by_hand, rel=1e-5)
+    dpo = np.log1p(np.exp(-beta * margin))                   # −log σ(β margin)
+    delta = {"summed": pc - pr, "length_normalized": pc / lc - pr / lr, "margin": margin}[p_mode]
+    p = 1 / (1 + np.exp(-beta * delta))
+    reg = p * sp + (1 - p) * sm
+    return float(np.mean(w * (dpo + lam * reg))), {"dpo": dpo, "reg": reg, "p": p, "margin": margin}
+
+
+def test_weighted_loss_by_hand(tiny, tmp_path):
+    "The trainer's loss (1/K) Σ w_i (L_DPO + λ R) from full logits in every p mode (the default, margin, first)."
+    d, tok = tiny
+    ds = pairs(weights=(0.5, 2.5, 1.0, 0.75))                 # mean 1.1875: a Σw normaliser would show
+    h = HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=AutoModelForCausalLM.from_pretrained(d),
+                    args=HDPOConfig(output_dir=str(tmp_path / "h"), hdpo_lambda=0.3, **COMMON), train_dataset=ds,
+                    processing_class=tok)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in h.model.parameters(): p.add_(0.02 * torch.randn_like(p))
+    b = _batch(h)
+    (pc, pr), (rc, rr) = seq_logps(h.model, b).chunk(2), seq_logps(h.ref_model, b).chunk(2)
+    lc, lr = b["completion_mask"].sum(1).chunk(2)
+    assert (lc != lr).all() and ((rc - rr) - (pc - pr)).abs().min() > 0.05   # unequal lengths; reference ≠ policy
+    losses = {}
+    for mode in ("margin", "summed", "length_normalized"):
+        if mode != "margin": h.args.p_mode = mode
+        want, _ = hdpo_by_hand(pc, pr, rc, rr, b["s_plus"], b["s_minus"], b["weight"], lc, lr, p_mode=mode, beta=0.1,
+                               lam=0.3)
+        losses[mode] = h.compute_loss(h.model, dict(b)).item()
+        assert losses[mode] == pytest.approx(want, rel=1e-4), mode
+    assert len({round(v, 4) for v in losses.values()}) == 3   # the modes give different losses on this batch
 
 
 @pytest.mark.parametrize("variant", ["precompute", "lora"])
 def test_reference_variants_train(tiny, tmp_path, variant):
+    "A training step scores the policy against the initial model, its reference (precomputed, or the adapter off)."
     d, tok = tiny
-    kw = dict(COMMON, max_steps=2, per_device_train_batch_size=2, logging_steps=1)
+    kw = dict(COMMON, logging_steps=1)                        # one step of 4 pairs: every pair, in some order
     extra = {}
     if variant == "precompute":
         kw["precompute_ref_log_probs"] = True
@@ -91,14 +113,28 @@ def test_reference_variants_train(tiny, tmp_path, variant):
         from peft import LoraConfig
         extra["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
     h = HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), args=HDPOConfig(output_dir=str(tmp_path), **kw),
-                    train_dataset=pairs(), processing_class=tok, **extra)
+                    train_dataset=pairs(weights=(0.5, 2.5, 1.0, 0.75)), processing_class=tok, **extra)
+    torch.manual_seed(0)
+    with torch.no_grad():   # move the policy away from the initial model (the adapter only, with LoRA)
+        for p in h.model.parameters():
+            if p.requires_grad: p.add_((0.02 if variant == "precompute" else 0.1) * torch.randn_like(p))
+    b = _batch(h)
+    (pc, pr), (rc, rr) = seq_logps(h.model, b).chunk(2), seq_logps(AutoModelForCausalLM.from_pretrained(d), b).chunk(2)
+    want, parts = hdpo_by_hand(pc, pr, rc, rr, b["s_plus"], b["s_minus"], b["weight"], 1, 1, p_mode="margin",
+                               beta=0.1, lam=0.1)                   # lengths: unused in margin mode
+    assert np.abs(parts["margin"]).min() > 0.05               # a policy used as its own reference would give 0
     h.train()
-    logs = [x for x in h.state.log_history if "loss" in x]
-    assert logs and all(k in logs[0] for k in ("hdpo/dpo_loss", "hdpo/regularizer", "hdpo/p_mean", "hdpo/weight_mean",
-                                                "hdpo/s_gap", "rewards/accuracies"))
-    if variant == "lora":
-        # reference = the adapter disabled: margin 0 at the start
-        assert logs[0]["hdpo/dpo_loss"] == pytest.approx(0.6931, abs=1e-3)
+    (log,) = [x for x in h.state.log_history if "loss" in x]
+    # float32 sums of ~100-nat log-probs in another batch order differ by ~1e-3: absolute tolerances, far below the
+    # gap to a policy scored against itself (margin 0, DPO term log 2)
+    assert log["rewards/margins"] == pytest.approx(0.1 * parts["margin"].mean(), abs=2e-3)
+    assert log["hdpo/dpo_loss"] == pytest.approx(parts["dpo"].mean(), abs=2e-3)
+    assert log["hdpo/p_mean"] == pytest.approx(parts["p"].mean(), abs=2e-3)
+    assert log["loss"] == pytest.approx(want, abs=2e-3)
+    assert log["hdpo/regularizer"] == pytest.approx(parts["reg"].mean(), abs=2e-3)
+    assert log["rewards/accuracies"] == np.mean(parts["margin"] > 0)
+    gap = float((b["s_plus"] - b["s_minus"]).mean())
+    assert (log["hdpo/weight_mean"], log["hdpo/s_gap"]) == pytest.approx((1.1875, gap))
 
 
 def test_missing_pair_columns(tiny, tmp_path):
@@ -109,21 +145,56 @@ def test_missing_pair_columns(tiny, tmp_path):
                     processing_class=tok)
 
 
-def test_hdpo_loss_modes():
+# three pairs: reference log-probs unlike the policy's, answers of unequal lengths, weights of mean 1.4 (not 1)
+CASE = dict(pc=[-12.0, -30.0, -8.0], pr=[-20.0, -14.0, -9.5], rc=[-13.5, -26.0, -7.0], rr=[-17.0, -15.0, -12.0],
+            sp=[0.2, 0.9, -0.3], sm=[1.1, 0.4, 0.6], w=[0.5, 2.5, 1.2], lc=[6.0, 20.0, 4.0], lr=[16.0, 7.0, 5.0])
+
+
+def _loss_of_case(**kw):
+    t = {k: torch.tensor(v) for k, v in CASE.items()}
+    return hdpo_loss(t["pc"], t["pr"], t["rc"], t["rr"], t["sp"], t["sm"], t["w"], chosen_lengths=t["lc"],
+                     rejected_lengths=t["lr"], **kw)
+
+
+@pytest.mark.parametrize("p_mode", ["summed", "length_normalized", "margin"])
+def test_hdpo_loss_by_value_in_every_p_mode(p_mode):
+    "Loss and per-pair parts (DPO term, p, R, margin) equal Eqs. 6-10 by hand in each p mode."
+    loss, parts = _loss_of_case(beta=0.2, hdpo_lambda=0.7, p_mode=p_mode)
+    want, want_parts = hdpo_by_hand(**CASE, p_mode=p_mode, beta=0.2, lam=0.7)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    for k, v in want_parts.items():
+        np.testing.assert_allclose(parts[k].numpy(), v, rtol=1e-5, err_msg=k)
+
+
+def test_hdpo_loss_defaults_and_bad_mode():
+    "Without options the loss is the margin mode at β = 0.1, λ = 0.1 (the config's defaults); an unknown mode fails."
+    loss, _ = _loss_of_case()
+    assert loss.item() == pytest.approx(hdpo_by_hand(**CASE, p_mode="margin", beta=0.1, lam=0.1)[0], rel=1e-6)
     z = torch.zeros(2)
     with pytest.raises(ValueError, match="unknown p_mode"):
         hdpo_loss(z, z, z, z, z, z, z + 1, p_mode="nope")
-    loss, parts = hdpo_loss(chosen_logps=torch.tensor([-10.0, -5]), rejected_logps=torch.tensor([-20.0, -5]),
-                            ref_chosen_logps=z, ref_rejected_logps=z, chosen_scores=z, rejected_scores=z + 1,
-                            weights=z + 1, p_mode="length_normalized", chosen_lengths=torch.tensor([5.0, 5]),
-                            rejected_lengths=torch.tensor([10.0, 5]))
-    assert torch.allclose(parts["p"], torch.sigmoid(torch.tensor([0.0, 0.1 * (-1 + 1)])))
-    # λ scales the regulariser only; the weights scale each pair's whole term
-    base, _ = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 1, hdpo_lambda=0.0)
-    lam, parts = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 1, hdpo_lambda=0.5)
-    assert lam.item() == pytest.approx(base.item() + 0.5 * parts["reg"].mean().item())
-    w2, _ = hdpo_loss(z - 1, z - 2, z, z, z + 0.2, z + 0.8, z + 2, hdpo_lambda=0.5)
-    assert w2.item() == pytest.approx(2 * lam.item())
+
+
+def test_theorem5_pair_weights_by_hand():
+    "Theorem 5 on 8 pairs with buckets and languages of 5, 2, 1: rarity, δ = [s⁻ − s⁺]₊, clip, then mean 1."
+    buckets = ["a"] * 5 + ["b"] * 2 + ["c"]
+    langs = ["en", "zh", "en", "en", "en", "ar", "zh", "en"]
+    s_plus = [0.1, 0.5, 0.2, 0.9, 0.0, 0.3, 0.4, 0.2]
+    s_minus = [0.6, 0.2, 0.2, 0.1, 1.9, 0.8, 0.1, 2.0]   # δ = 0.5, 0 (s⁺ > s⁻), 0, 0 (s⁺ > s⁻), 1.9, 0.5, 0, 1.8
+    types = ["global", "local", "global", "distribution", "global", "global", "local", "global"]   # ρ = 0, 0.5, 1
+    # N = 8 over 3 keys of 5, 2, 1: r = max(0, 8 / (3 n) − 1) = 0, 1/3, 5/3, divided by the largest, 5/3
+    g, h = {"a": 0.0, "b": 0.2, "c": 1.0}, {"en": 0.0, "zh": 0.2, "ar": 1.0}
+    # 1 + 0.5 g + 1.0 δ + 0.25 h + 0.25 ρ, pair by pair
+    raw = np.array([1 + 0.5, 1 + 0.25 * 0.2 + 0.25 * 0.5, 1, 1 + 0.25 * 1, 1 + 1.9, 1 + 0.5 * 0.2 + 0.5 + 0.25 * 1,
+                    1 + 0.5 * 0.2 + 0.25 * 0.2 + 0.25 * 0.5, 1 + 0.5 * 1 + 1.8])
+    clipped = np.minimum(np.maximum(raw, 1.1), 2.5)          # 1.0 -> 1.1; 2.9, 3.3 -> 2.5
+    cfg = PairWeightConfig(alpha=0.5, beta=1.0, gamma=0.25, eta=0.25, w_min=1.1, w_max=2.5)
+    w, tables = fit_pair_weights(buckets, langs, s_plus, s_minus, types, cfg)
+    assert tables.g == pytest.approx(g) and tables.h == pytest.approx(h)
+    assert tables.mean_raw == pytest.approx(clipped.mean(), rel=1e-9) and clipped.mean() != pytest.approx(1.0)
+    np.testing.assert_allclose(w, clipped / clipped.mean(), rtol=1e-6)
+    assert w.dtype == np.float32 and float(w.mean()) == pytest.approx(1.0, rel=1e-6)
+    assert rarity(["x", "y", "y", "x"]) == {"x": 0.0, "y": 0.0}   # every key at the average: all 0
 
 
 REJECTED = [("loss_type", ["ipo"]), ("loss_type", ["sigmoid", "sft"]), ("loss_weights", [0.5]),
