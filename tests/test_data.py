@@ -1,7 +1,9 @@
 """The tiny corpus end to end: determinism, no leakage across splits, errors that name the source.
 
 The hub path is tested against the local hub mirror in test_hub_mirror.py."""
+import hashlib
 import json
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -9,9 +11,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from polyalign.core import SPLITS, load_config, read_jsonl
-from polyalign.data import (answer_length, bucket_key, canonical_key, hash_split, hash_unit, length_bin, length_tokens,
+from polyalign.data import (answer_length, bucket_key, dedup_records, hash_split, hash_unit, length_bin, length_tokens,
                             near_duplicates, read_split, render_messages)
-from polyalign.sources import SOURCES, DataSourceError, build_corpus, tiny_raw_files
+from polyalign.sources import SOURCES, DataSourceError, build_corpus
 
 
 def _cfg(run_dir, *sets):
@@ -29,10 +31,94 @@ def _splits(d):
     return {s: read_split(Path(d) / "data" / f"{s}.parquet") for s in SPLITS}
 
 
-def test_split_hash_vectors():
-    assert round(hash_unit("abc", 42), 6) == 0.454618
-    assert round(hash_unit("Once upon a time", 42), 6) == 0.663819
-    assert hash_split("abc", 42, SPLITS, [0.9, 0.05, 0.05]) == "train"
+SPLIT_KEYS = ["abc", "Once upon a time", "", "squad::Normans::The Normans were...", "北京大学::第一段", "🙂 tree 17",
+              *(f"story-{i}" for i in range(300))]
+
+
+def _md5_unit(key, seed):
+    return int(hashlib.md5(f"{seed}:{key}".encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def test_split_hash_recomputed_from_the_documented_rule():
+    "u = int(md5('seed:key')[:8], 16) / 0xFFFFFFFF, then the first label whose cumulative weight reaches u."
+    for key in SPLIT_KEYS:
+        for seed in (42, 7):
+            u = _md5_unit(key, seed)
+            assert hash_unit(key, seed) == u, (key, seed)
+            want3 = "train" if u <= 0.9 else "val" if u <= 0.95 else "test"
+            assert hash_split(key, seed, SPLITS, [0.9, 0.05, 0.05]) == want3, (key, seed, u)
+            assert hash_split(key, seed, ("train", "val"), [0.9, 0.1]) == ("train" if u <= 0.9 else "val"), (key, u)
+            assert hash_split(key, seed, ("test", "val", "train"), [0.05, 0.05, 0.9]) == (
+                "test" if u <= 0.05 else "val" if u <= 0.1 else "train"), (key, u)
+
+
+def test_split_hash_proportions_stability_and_seed():
+    "Over 20,000 keys the 90/5/5 split lands within 1 point of its weights, repeats exactly, and depends on the seed."
+    keys = [f"group-{i}" for i in range(20_000)]
+    labels = [hash_split(k, 42, SPLITS, [0.9, 0.05, 0.05]) for k in keys]
+    share = {s: labels.count(s) / len(keys) for s in SPLITS}
+    assert share["train"] == pytest.approx(0.9, abs=0.01)
+    assert share["val"] == pytest.approx(0.05, abs=0.006) and share["test"] == pytest.approx(0.05, abs=0.006)
+    assert [hash_split(k, 42, SPLITS, [0.9, 0.05, 0.05]) for k in keys[:500]] == labels[:500]
+    other = [hash_split(k, 43, SPLITS, [0.9, 0.05, 0.05]) for k in keys[:2000]]
+    assert 0.1 < sum(a != b for a, b in zip(labels, other)) / 2000 < 0.3   # independent draws differ ~18.5% of the time
+
+
+def _key(r):
+    "An independent canonical form: NFKC, casefold, every whitespace run one space; history turns as (role, text)."
+    norm = lambda t: " ".join(unicodedata.normalize("NFKC", t).casefold().split())
+    turns = tuple((t["role"], norm(t["text"])) for t in r["dialogue_history"])
+    return r["language"], norm(r["question"]), norm(r["context"]), turns, norm(r["human_answer"])
+
+
+def _rec(rid, split, q, a, group=None, context="", history=(), language="en", dataset="squad_v2"):
+    return {"id": rid, "dataset": dataset, "split": split, "language": language, "question": q, "context": context,
+            "dialogue_history": [{"role": r, "text": t} for r, t in history], "human_answer": a,
+            "group_id": group or f"{dataset}:{rid}"}
+
+
+LEAK_RECORDS = [
+    _rec("t1", "test", "What is the capital of France?", "Paris is the capital.", context="France is in Europe."),
+    _rec("c1", "train", "WHAT IS THE CAPITAL OF FRANCE?", "PARIS is the Capital.", context="FRANCE is in Europe."),
+    _rec("w1", "val", "  What  is the\tcapital of\u00a0France? ", "Paris is the capital.\u3000",
+         context="France   is in Europe."),
+    _rec("p1", "train", "What is the capital of France\uff1f", "Paris is the capital\uff0e",
+         dataset="natural_questions", context="\uff26rance is in Europe."),
+    _rec("x1", "train", "What is the capital of France?", "Paris is the capital.", context="A different passage."),
+    _rec("t2", "test", "中国的首都是哪里？", "北京，中国的首都。", language="zh", dataset="drcd"),
+    _rec("p2", "train", "中国的首都是哪里?", "北京,中国的首都。", language="zh", dataset="dureader"),
+    _rec("t3", "test", "And after that?", "We went home.", group="coqa:story-1", dataset="coqa",
+         history=[("user", "Where did you go?"), ("assistant", "To the Park.")]),
+    _rec("c3", "train", "and after that?", "We went HOME.", group="coqa:story-9", dataset="coqa",
+         history=[("user", "where did you go?"), ("assistant", "to the park.")]),
+    _rec("h3", "train", "And after that?", "We went home.", group="coqa:story-8", dataset="coqa",
+         history=[("user", "Where did you go?"), ("assistant", "To the zoo.")]),
+    _rec("g1", "test", "Who wrote it?", "Hugo.", group="coqa:story-2", dataset="coqa"),
+    _rec("g2", "train", "When?", "In 1862.", group="coqa:story-2", dataset="coqa"),
+    _rec("g3", "val", "Where?", "In Paris.", group="coqa:story-3", dataset="coqa"),
+    _rec("g4", "train", "Why?", "Exile.", group="coqa:story-3", dataset="coqa"),
+    _rec("u1", "train", "Name a river.", "The Seine.", dataset="dolly"),
+    _rec("t4", "test", "Which street?", "The Hauptstraße.", dataset="dolly"),
+    _rec("c4", "val", "WHICH STREET?", "THE HAUPTSTRASSE.", dataset="dolly"),    # casefold: ß == ss
+]
+
+
+def test_dedup_removes_case_space_and_width_variants_across_splits():
+    "Planted case / whitespace / full-width copies and split groups are removed; an independent key finds no leak."
+    kept, removed = dedup_records(LEAK_RECORDS, ["squad_v2", "natural_questions", "drcd", "dureader", "coqa", "dolly"])
+    assert [r["id"] for r in kept] == ["t1", "x1", "t2", "t3", "h3", "g1", "g3", "u1", "t4"]
+    why = {r["id"]: (r["reason"], r["duplicate_of"]) for r in removed}
+    assert why == {"c1": ("leakage_exact", "t1"), "w1": ("leakage_exact", "t1"), "p1": ("leakage_exact", "t1"),
+                   "p2": ("leakage_exact", "t2"), "c3": ("leakage_exact", "t3"), "c4": ("leakage_exact", "t4"),
+                   "g2": ("group_split_conflict", None), "g4": ("group_split_conflict", None)}
+    for a in LEAK_RECORDS:                          # every removed record has an independent-key twin or group mate
+        if a["id"] in why:                          # kept in another split
+            assert any(b["split"] != a["split"] and (_key(a) == _key(b) or a["group_id"] == b["group_id"])
+                       for b in kept), a["id"]
+    split_of_key, split_of_group = {}, {}
+    for r in kept:
+        assert split_of_key.setdefault(_key(r), r["split"]) == r["split"], r["id"]
+        assert split_of_group.setdefault(r["group_id"], r["split"]) == r["split"], r["id"]
 
 
 @pytest.mark.parametrize("text, lang, n, bin_", [
@@ -75,11 +161,12 @@ def test_schema_and_buckets(tiny):
 
 
 def test_no_leakage(tiny):
+    "No id, independent canonical key or group is shared by two splits of the built tiny corpus."
     d, _ = tiny
     sp = _splits(d)
     ids = {s: set(df["id"]) for s, df in sp.items()}
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
-    keys = {s: {canonical_key(r) for r in df.to_dict("records")} for s, df in sp.items()}
+    keys = {s: {_key(r) for r in df.to_dict("records")} for s, df in sp.items()}
     assert not (keys["train"] & (keys["val"] | keys["test"])) and not (keys["val"] & keys["test"])
     groups = {s: set(df["group_id"]) for s, df in sp.items()}
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])

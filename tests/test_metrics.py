@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from polyalign.core import MetricsConfig
 from polyalign.metrics import (PredictionError, aggregate, align_predictions, answer_tokens, bng, evaluate, hypervolume_2d,
-                               lcs_length, mauve_by_bucket, mauve_sample, rouge_l, token_f1, utility_scores, w1)
+                               lcs_length, mauve_by_bucket, mauve_sample, nuf, token_f1, utility_scores, w1)
 
 EN_PAIRS = [("The Eiffel Tower", "eiffel tower"), ("in 1889, in Paris.", "Paris, France in 1889"), ("", "something"), ("", ""),
             ("a an the", "the"), ("U.S. Army's 3rd division", "the US Army 3rd Division"), ("Well-known fact!", "well known fact"),
@@ -160,10 +160,90 @@ def test_bng_eps_floor_and_robust_scale():
     assert rb.overall_macro == pytest.approx(10.0)
 
 
+def test_bng_macro_is_the_plain_mean_over_buckets_of_different_sizes():
+    "BNG-macro is the unweighted bucket mean of App. D's BNG(b): W1/max(sigma, eps), constant and NaN features out."
+    from scipy.stats import wasserstein_distance
+    rng = np.random.default_rng(7)
+    sizes = {"a": 20, "b": 50, "c": 19}                  # c has fewer than min_bucket_size rows
+    buckets = np.repeat(list(sizes), list(sizes.values()))
+    H = rng.normal(size=(len(buckets), 5)) * [1.0, 3.0, 1.0, 2.0, 1.0]
+    G = H + rng.normal(size=H.shape) + np.where(buckets == "b", 2.0, 0.3)[:, None]
+    G[buckets == "c"] += 50.0                            # a skipped bucket with a huge gap: it must not count
+    a_rows = np.flatnonzero(buckets == "a")
+    H[a_rows, 2] = 4.0; H[a_rows[0], 2] = 4.0 + 1e-6     # sigma ~ 2e-7 in a: divided by eps = 1e-3 instead
+    G[a_rows, 2] = 4.002
+    H[buckets == "b", 4] = G[buckets == "b", 4] = np.nan  # f4 does not apply in b
+    refs = {"eligible": {"a": True, "b": True, "c": True}, "constant": {"b": ["f3"]}}
+    used = {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2]}        # b: f3 constant in the references, f4 not applicable
+    want = {}
+    for b, cols in used.items():
+        sel = buckets == b
+        gaps = [wasserstein_distance(G[sel, k], H[sel, k]) / max(np.std(H[sel, k]), 1e-3) for k in cols]
+        want[b] = sum(gaps) / len(gaps)
+    r = bng(G, H, buckets, ["f0", "f1", "f2", "f3", "f4"], references=refs, eps=1e-3, min_bucket_size=20)
+    bb = r.by_bucket.set_index("bucket_id")
+    assert bb["eligible"].to_dict() == {"a": True, "b": True, "c": False}
+    assert bb["n_features"].to_dict() == {"a": 5, "b": 3, "c": 5}
+    assert bb.loc["a", "bng"] == pytest.approx(want["a"], rel=1e-9)
+    assert bb.loc["b", "bng"] == pytest.approx(want["b"], rel=1e-9)
+    assert r.overall_macro == pytest.approx((want["a"] + want["b"]) / 2, rel=1e-9)
+    assert r.overall_weighted == pytest.approx((20 * want["a"] + 50 * want["b"]) / 70, rel=1e-9)
+    assert abs(r.overall_macro - r.overall_weighted) > 0.1   # the bucket sizes make the two means differ
+
+
+# NUF example (App. D): bng_t = 1/(1+max(BNG,0)), cm = clip(C-MAUVE), n_b = sqrt(bng_t*cm), u_b = clip(F1)
+NUF_TABLE = pd.DataFrame({
+    "bucket_id": ["b1", "b2", "b3", "b4", "b5", "b6"],
+    "f1": [0.9, 0.5, 0.3, 1.2, 0.7, -0.1],            # u: 0.9, 0.5, 0.3, 1 (clipped), 0.7, 0 (clipped)
+    "bng": [1.0, 0.25, 3.0, -1.5, np.nan, 0.0],       # bng_t: 0.5, 0.8, 0.25, 1 (max(., 0)), -, 1
+    "c_mauve": [0.98, 0.8, 0.64, 0.09, 0.5, 1.3],     # cm: 0.98, 0.8, 0.64, 0.09, 0.5, 1 (clipped)
+    "tdm": [0.5, np.nan, 0.2, 1.0, 0.9, np.nan]})
+NUF_N = {"b1": 0.7, "b2": 0.8, "b3": 0.4, "b4": 0.3, "b6": 1.0}   # sqrt(0.49), sqrt(0.64), sqrt(0.16), sqrt(0.09), 1
+NUF_U = {"b1": 0.9, "b2": 0.5, "b3": 0.3, "b4": 1.0, "b6": 0.0}
+
+
+def test_nuf_hand_computed_naturalness_frontier_and_hypervolume():
+    "NUF on six buckets by hand: geometric-mean naturalness, clipping, NaN dropped, frontier, HV and macro."
+    out = nuf(NUF_TABLE)
+    pts = {p["bucket_id"]: (p["u"], p["n"]) for p in out["by_bucket"]}
+    for b, n in NUF_N.items():
+        assert pts[b] == (pytest.approx(NUF_U[b]), pytest.approx(n, abs=1e-12)), b
+    assert math.isnan(pts["b5"][1]) and (out["n_points"], out["n_dropped"]) == (5, 1)
+    # non-dominated (maximising u and n): b4 (1, .3), b1 (.9, .7), b2 (.5, .8), b6 (0, 1); b3 (.3, .4) < b2
+    assert [p["bucket_id"] for p in out["frontier_points"]] == ["b4", "b1", "b2", "b6"]
+    # staircase above (0, 0), u ascending over points with u > 0: b2, b1, b4
+    assert out["hypervolume"] == pytest.approx(0.5 * 0.8 + (0.9 - 0.5) * 0.7 + (1.0 - 0.9) * 0.3, abs=1e-12)
+    assert out["macro"] == pytest.approx((0.9 * 0.7 + 0.5 * 0.8 + 0.3 * 0.4 + 1.0 * 0.3 + 0.0 * 1.0) / 5, abs=1e-12)
+    shifted = nuf(NUF_TABLE, reference=(0.4, 0.5))    # only b2 and b1 lie above the reference point
+    assert shifted["hypervolume"] == pytest.approx((0.5 - 0.4) * (0.8 - 0.5) + (0.9 - 0.5) * (0.7 - 0.5), abs=1e-12)
+
+
+def test_nuf_multi_turn_uses_the_cube_root_with_tdm():
+    "Multi-turn NUF (eq. 16): n_b = (bng_t * cm * clip(TDM))^(1/3) over the buckets that have a TDM."
+    out = nuf(NUF_TABLE, multi_turn=True)
+    n = {"b1": (0.5 * 0.98 * 0.5) ** (1 / 3), "b3": (0.25 * 0.64 * 0.2) ** (1 / 3), "b4": (1.0 * 0.09 * 1.0) ** (1 / 3)}
+    pts = {p["bucket_id"]: p["n"] for p in out["by_bucket"]}
+    assert set(pts) == {"b1", "b3", "b4", "b5"} and math.isnan(pts["b5"])
+    for b, v in n.items(): assert pts[b] == pytest.approx(v, abs=1e-12), b
+    # b4 (u 1) and b1 (u .9) are non-dominated, b3 (.3, .317) is below b1 (.9, .397)
+    assert out["hypervolume"] == pytest.approx(0.9 * n["b1"] + (1.0 - 0.9) * n["b4"], abs=1e-12)
+    assert out["macro"] == pytest.approx((0.9 * n["b1"] + 0.3 * n["b3"] + 1.0 * n["b4"]) / 3, abs=1e-12)
+
+
 def test_agg_matches_reported_recomputations():
+    "Agg recomputed from the authors' raw metrics gives the numbers the paper prints."
     assert aggregate(0.2487, 6.3444, 0.5313, 0.1704) == pytest.approx(0.23529, abs=5e-5)
     assert aggregate(0.4500, 0.4282, 0.7073, 0.8777) == pytest.approx(0.6650, abs=5e-4)   # Llama zh HDPO JSON
     assert math.isnan(aggregate(float("nan"), float("nan"), float("nan"), 0.5))
+
+
+def test_agg_hand_computed_geometric_mean_and_clipping():
+    "Agg = (clip(F1) * 1/(1+max(BNG,0)) * clip(G-MAUVE) * clip(NUF))^(1/4); non-finite parts dropped, 0 absorbs."
+    assert aggregate(0.5, 1.0, 0.8, 0.4) == pytest.approx((0.5 * 0.5 * 0.8 * 0.4) ** 0.25, abs=1e-12)
+    assert aggregate(1.7, -2.0, 1.2, 0.25) == pytest.approx(0.25 ** 0.25, abs=1e-12)    # 1 * 1 * 1 * 0.25
+    assert aggregate(0.5, float("nan"), 0.8, 0.4) == pytest.approx((0.5 * 0.8 * 0.4) ** (1 / 3), abs=1e-12)
+    assert aggregate(0.9, 3.0, float("inf"), float("nan")) == pytest.approx((0.9 * 0.25) ** 0.5, abs=1e-12)
+    assert aggregate(0.0, 1.0, 0.8, 0.4) == 0.0 and aggregate(0.5, 1.0, -0.3, 0.4) == 0.0
 
 
 def _frame(n=60, seed=0):
@@ -190,6 +270,24 @@ def test_evaluate_is_deterministic_and_ci_brackets_point():
         assert ci["low"] - 1e-9 <= v <= ci["high"] + 1e-9, (k, v, ci)
     assert 0 < a.summary["tdm"]["overall_macro"] < 1
     assert a.summary["utility"]["overall"]["qa_f1"] > 0.3   # character-level partial credit in Chinese
+
+
+def test_evaluate_wires_nuf_and_agg_to_their_components():
+    "Table 2 NUF is the HV of the buckets' (clip(F1_b), n_b) points; Agg combines QA-F1, BNG-macro, G-MAUVE and NUF."
+    fr, G, H, Ge, He = _frame()
+    e = evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=MetricsConfig(bootstrap_samples=0), seed=3)
+    t = e.buckets
+    assert len(t) == 2 and t[["f1", "bng", "c_mauve"]].notna().all().all()
+    u = t["f1"].clip(0, 1).to_numpy()
+    n = np.sqrt(1 / (1 + t["bng"]) * t["c_mauve"].clip(0, 1)).to_numpy()
+    hv = u[0] * n[0] + u[1] * n[1] - min(u) * min(n)     # union of two rectangles anchored at (0, 0)
+    cells = e.table2_cells()
+    assert cells["nuf"] == pytest.approx(hv, abs=1e-12)
+    assert cells["qa_f1"] == pytest.approx(e.rows["f1"].mean()) and cells["bng_macro"] == pytest.approx(t["bng"].mean())
+    g_mauve = e.summary["mauve"]["global"]
+    assert g_mauve != pytest.approx(e.summary["mauve"]["overall_macro"])   # G-MAUVE, not the C-MAUVE macro
+    want = (cells["qa_f1"] * 1 / (1 + cells["bng_macro"]) * min(g_mauve, 1.0) * hv) ** 0.25
+    assert cells["agg"] == pytest.approx(want, abs=1e-12)
 
 
 def test_evaluate_refuses_mixed_languages():
