@@ -713,7 +713,7 @@ def _zh_features(text: str) -> dict:
     han_lens = [len(w) for w in words if _HAN.search(w)]
     nh = len(han_lens)
     l1, l2, l3 = (sum(1 for x in han_lens if x == k) for k in (1, 2, 3))
-    first = Counter(t[:1] for t in tags)
+    first = Counter(t if t == "eng" else t[:1] for t in tags)   # jieba's eng (a Latin word) is not e (interjection)
     content = sum(first[k] for k in _ZH_CONTENT); func = sum(first[k] for k in _ZH_FUNCTION)
     proper = sum(1 for t in tags if t.startswith("nr") or t in ("ns", "nt", "nz"))
     n_num = sum(1 for w in words

@@ -283,7 +283,8 @@ ZH_IDIOM_WANT = dict(
 ZH_LATIN = "他在2023年买了三本书和一个iPhone。"
 # 他/r 在/p 2023/m 年/m 买/v 了/ul 三/m 本书/r 和/c 一个/m iPhone/eng 。 (11 words; 2023 the only digit word)
 ZH_LATIN_WANT = dict(zh_latin_word_ratio=1 / 11, zh_conjunction_ratio=1 / 11, zh_numeral_ratio=4 / 11,
-                     zh_preposition_ratio=1 / 11, number_count=1, number_ratio=1 / 11, year_count=1)
+                     zh_preposition_ratio=1 / 11, number_count=1, number_ratio=1 / 11, year_count=1,
+                     function_word_ratio=5 / 11, lexical_density=1 / 6)   # iPhone/eng is neither content nor function
 
 ZH_SENTIMENT = "他很聪明，但是不太努力。"
 # 他 很 聪明 ， 但是 不 太 努力 。 (7 words); HowNet: 聪明 +1, 努力 +1 negated by 不 two words before -> -0.74
