@@ -7,7 +7,7 @@ STAMP := $(VENV)/.polyalign-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup test rehearsal reproduce bench export readme check-export clean-runs gpu-smoke-bundle gpu-smoke-cpu \
-	vllm-env
+	vllm-env mutations
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ reproduce: setup
 
 bench: setup
 	$(BIN)/python papers/polyalign/bench/run.py
+
+# Small bugs applied to the library one at a time: which tests catch each (papers/polyalign/bench/mutations.md).
+mutations: setup
+	$(BIN)/python papers/polyalign/bench/mutations.py
 
 # What a bare GPU machine lacks for scripts/gpu_smoke.py (tiny checkpoints, a few rows per split, wheels), in
 # build/gpu-smoke/ with the command to run there (RUN.md); fails when it is over the 60 MiB that may travel.

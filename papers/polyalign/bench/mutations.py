@@ -1,0 +1,186 @@
+"""Mutation check, run on demand (`make mutations`, not part of `make test`): apply small bugs to the library one at a
+time in a scratch copy of the repository, run the tests that should catch each, and write a table of which did.
+
+A mutation is (name, file, the exact text it replaces, the replacement, the test files or notebooks expected to catch
+it). Every test set first runs on the unmutated copy and must pass. The text must occur exactly once, so a refactor
+that moves it makes the check fail loudly instead of silently testing nothing. Arguments select mutations by a part of
+their name; none selects all. Writes `mutations.md` beside this file; the exit status is 1 when a mutation survived."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+M = Mutation
+MUTATIONS = (
+    # HDPO loss (Eqs. 6-10) and Theorem 5 weights
+    M("hdpo margin p uses the summed difference", "polyalign/hdpo.py", 'elif p_mode == "margin": delta = margin',
+      'elif p_mode == "margin": delta = chosen_logps - rejected_logps', ("tests/test_hdpo.py",)),
+    M("hdpo regulariser with s+ and s- swapped", "polyalign/hdpo.py",
+      "reg = p * chosen_scores + (1 - p) * rejected_scores", "reg = p * rejected_scores + (1 - p) * chosen_scores",
+      ("tests/test_hdpo.py",)),
+    M("hdpo loss divided by the weight sum", "polyalign/hdpo.py",
+      "loss = (weights * (dpo + hdpo_lambda * reg)).mean()",
+      "loss = (weights * (dpo + hdpo_lambda * reg)).sum() / weights.sum()", ("tests/test_hdpo.py",)),
+    M("hdpo DPO term with the sign of the margin flipped", "polyalign/hdpo.py", "dpo = -F.logsigmoid(beta * margin)",
+      "dpo = -F.logsigmoid(-beta * margin)", ("tests/test_hdpo.py",)),
+    M("rarity without the number of keys", "polyalign/hdpo.py", "r = {k: max(0.0, N / (K * n) - 1.0)",
+      "r = {k: max(0.0, N / n - 1.0)", ("tests/test_hdpo.py",)),
+    # Bucket-SFT (Eq. 1-3, Theorem 1)
+    M("bucket-sft loss divided by the weight sum", "polyalign/bucket_sft.py",
+      "loss = (w * per_example).sum() / w.numel()", "loss = (w * per_example).sum() / w.sum()",
+      ("tests/test_bucket_sft.py",)),
+    M("bucket-sft loss ignores the weights", "polyalign/bucket_sft.py",
+      "loss = (w * per_example).sum() / w.numel()", "loss = per_example.sum() / w.numel()",
+      ("tests/test_bucket_sft.py",)),
+    M("bucket weights not renormalised after clipping", "polyalign/bucket_sft.py",
+      "c = N / sum(w[b] * n for b, n in counts.items())", "c = 1.0", ("tests/test_bucket_sft.py",)),
+    M("bucket weights N/n_b without |B|", "polyalign/bucket_sft.py", "w = {b: N / (B * n) for b, n",
+      "w = {b: N / n for b, n", ("tests/test_bucket_sft.py",)),
+    # critic (Eq. 4, Theorem 2)
+    M("support distance 0 on an empty J", "polyalign/critic.py",
+      "D = np.where(J.any(1), d.sum(1) / np.maximum(J.sum(1), 1), np.nan)", "D = d.sum(1) / np.maximum(J.sum(1), 1)",
+      ("tests/test_critic.py",)),
+    M("support distance without the scale", "polyalign/critic.py",
+      "d = (np.maximum(lo - X, 0.0) + np.maximum(X - hi, 0.0)) / s",
+      "d = (np.maximum(lo - X, 0.0) + np.maximum(X - hi, 0.0))", ("tests/test_critic.py",)),
+    # metrics (App. D)
+    M("BNG-macro as a size-weighted mean", "polyalign/metrics.py",
+      'macro = float(ok["bng"].mean()) if len(ok) else float("nan")',
+      'macro = float(np.average(ok["bng"], weights=ok["n_examples"])) if len(ok) else float("nan")',
+      ("tests/test_metrics.py",)),
+    M("BNG keeps constant features", "polyalign/metrics.py", "use = present & ~is_const", "use = present",
+      ("tests/test_metrics.py",)),
+    M("BNG bucket size check off by one", "polyalign/metrics.py", "if n_rows < min_bucket_size else",
+      "if n_rows <= min_bucket_size else", ("tests/test_metrics.py",)),
+    M("NUF naturalness as an arithmetic mean", "polyalign/metrics.py",
+      "nb = np.array([bounded_geomean(*c) for c in zip(*comps)])",
+      "nb = np.array([float(np.mean(c)) for c in zip(*comps)])", ("tests/test_metrics.py",)),
+    M("NUF BNG not floored at 0", "polyalign/metrics.py",
+      'bt = 1.0 / (1.0 + np.maximum(t["bng"].astype(float).values, 0))',
+      'bt = 1.0 / (1.0 + t["bng"].astype(float).values)', ("tests/test_metrics.py",)),
+    M("NUF macro without utility", "polyalign/metrics.py", '"macro": float(np.mean(u[ok] * nb[ok]))',
+      '"macro": float(np.mean(nb[ok]))', ("tests/test_metrics.py",)),
+    M("Agg as an arithmetic mean", "polyalign/metrics.py",
+      "return 0.0 if (v == 0).any() else float(np.exp(np.log(v).mean()))\n\n# %%",
+      "return float(v.mean())\n\n# %%", ("tests/test_metrics.py",)),
+    # data: dedup keys and the split hash
+    M("dedup key without casefold", "polyalign/data.py",
+      'return normalize_text(unicodedata.normalize("NFKC", "" if x is None else str(x))).casefold()',
+      'return normalize_text(unicodedata.normalize("NFKC", "" if x is None else str(x)))', ("tests/test_data.py",)),
+    M("dedup key without NFKC", "polyalign/data.py",
+      'return normalize_text(unicodedata.normalize("NFKC", "" if x is None else str(x))).casefold()',
+      'return normalize_text("" if x is None else str(x)).casefold()', ("tests/test_data.py",)),
+    M("split hash with 7 hex digits", "polyalign/data.py", '.hexdigest()[:8], 16) / 0xFFFFFFFF',
+      '.hexdigest()[:7], 16) / 0xFFFFFFF', ("tests/test_data.py",)),
+    # features
+    M("Gunning fog without the polysyllable term", "polyalign/features.py", "gunning_fog=0.4 * (wps + 100 * poly / na)",
+      "gunning_fog=0.4 * wps", ("tests/test_features.py",)),
+    M("SMOG with 20 instead of 30", "polyalign/features.py", "smog_index=1.043 * math.sqrt(30 * poly / ns)",
+      "smog_index=1.043 * math.sqrt(20 * poly / ns)", ("tests/test_features.py",)),
+    M("Coleman-Liau sentence term dropped", "polyalign/features.py",
+      "coleman_liau_index=0.0588 * (100 * letters / na) - 0.296 * (100 * ns / na) - 15.8",
+      "coleman_liau_index=0.0588 * (100 * letters / na) - 15.8", ("tests/test_features.py",)),
+    M("Flesch-Kincaid syllable weight", "polyalign/features.py", "flesch_kincaid_grade=0.39 * wps + 11.8 * spw - 15.59",
+      "flesch_kincaid_grade=0.39 * wps + 11.0 * spw - 15.59", ("tests/test_features.py",)),
+    M("jieba eng counted as interjection", "polyalign/features.py",
+      'first = Counter(t if t == "eng" else t[:1] for t in tags)', "first = Counter(t[:1] for t in tags)",
+      ("tests/test_features.py",)),
+    # generation: stops, BOS, workers
+    M("stop ids without the end of turn", "polyalign/generate.py",
+      "    if eot is not None: ids.add(tokenizer.convert_tokens_to_ids(eot))\n", "",
+      ("tests/test_stops.py", "tests/test_vllm_backend.py")),
+    M("BOS never deduplicated", "polyalign/generate.py", "    while k < len(ids) and ids[k] == b: k += 1\n", "",
+      ("tests/test_stops.py", "tests/test_vllm_backend.py")),
+    M("plain prompts without stop strings", "polyalign/generate.py", "generator(batch, STOP_STRINGS[kind])",
+      "generator(batch)", ("tests/test_stops.py", "tests/test_vllm_backend.py")),
+    M("vLLM requests without stop ids", "polyalign/generate.py", '"stop_token_ids": list(stop_ids),',
+      '"stop_token_ids": [],', ("tests/test_vllm_backend.py",)),
+    M("vLLM requests seeded by the engine seed", "polyalign/generate.py",
+      'derive_seed(self.seed, "generate", p.id)', "self.seed", ("tests/test_vllm_backend.py",)),
+    M("failed workers' rows not merged", "polyalign/generate.py",
+      "        merge_shards(out)                        # keep every row the workers wrote, failed ones included\n", "",
+      ("tests/test_vllm_backend.py",)),
+    # training
+    M("end of turn not recorded as eos", "polyalign/train.py",
+      "    record_end_of_turn(trainer.model, trainer.processing_class)", "    pass",
+      ("nbs/12_train.ipynb", "tests/test_e2e_rehearsal.py")),
+)
+
+
+def scratch_copy() -> Path:
+    "The repository without its environment, runs and build outputs, in a temporary folder."
+    dst = Path(tempfile.mkdtemp(prefix="mutations-")) / "repo"
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv*", ".git", "runs", "build", "__pycache__",
+                                                             ".pytest_cache", ".hypothesis"))
+    return dst
+
+
+def run_tests(repo: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, float]:
+    "(all passed, seconds) of the tests in `repo`, importing the package from `repo` (not the installed one)."
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    nbs = [t for t in tests if t.endswith(".ipynb")]
+    py = [t for t in tests if not t.endswith(".ipynb")]
+    t0, ok = time.perf_counter(), True
+    cmds = ([[sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *py]] if py else []) + \
+        [[str(Path(sys.executable).parent / "nbdev_test"), "--path", n] for n in nbs]
+    for cmd in cmds:
+        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+        ok = ok and r.returncode == 0
+    return ok, time.perf_counter() - t0
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or any(n in m.name for n in names)]
+    repo = scratch_copy()
+    check = subprocess.run([sys.executable, "-c", "import polyalign; print(polyalign.__file__)"], cwd=repo,
+                           env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+    if not check.stdout.strip().startswith(str(repo)):
+        raise SystemExit(f"the scratch copy's package is not the one imported ({check.stdout.strip()})")
+    for tests in dict.fromkeys(m.tests for m in chosen):      # unmutated, every test set must pass first
+        if not run_tests(repo, tests, timeout=3600)[0]:
+            raise SystemExit(f"the unmutated scratch copy fails {', '.join(tests)}: fix that first")
+    rows = []
+    for m in chosen:
+        path = repo / m.file
+        text = path.read_text(encoding="utf-8")
+        if text.count(m.old) != 1:
+            raise SystemExit(f"{m.name}: the text to replace occurs {text.count(m.old)} times in {m.file}")
+        path.write_text(text.replace(m.old, m.new), encoding="utf-8")
+        try:
+            passed, secs = run_tests(repo, m.tests, timeout=3600)
+        finally:
+            path.write_text(text, encoding="utf-8")
+        rows.append((m, not passed, secs))
+        print(f"{'caught  ' if not passed else 'SURVIVED'} {secs:6.1f}s  {m.name}", flush=True)
+    shutil.rmtree(repo.parent, ignore_errors=True)
+    caught = sum(c for _, c, _ in rows)
+    (HERE / "mutations.md").write_text("\n".join([
+        "# Mutation check", "",
+        f"{len(rows)} small bugs applied one at a time to a scratch copy of the library (`mutations.py`); a bug is "
+        f"caught when the tests listed fail. {caught} of {len(rows)} caught; load average {os.getloadavg()[0]:.1f} "
+        "at the end.",
+        "", "| bug | file | tests | caught | seconds |", "|---|---|---|---|---|",
+        *[f"| {m.name} | `{m.file}` | {', '.join(f'`{t}`' for t in m.tests)} | {'yes' if c else '**no**'} | {s:.0f} |"
+          for m, c, s in rows], ""]), encoding="utf-8")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
