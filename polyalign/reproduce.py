@@ -429,7 +429,6 @@ def template_check(cfg: RunConfig, model: str, online: bool) -> Check:
 # %% ../nbs/11_reproduce.ipynb #4ea8916e
 def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     "Every check of the section above, in order; a run may start when all pass."
-    import importlib.util
     import shutil
     checks, arts, loose = [], remote_artifacts(cfg), unpinned(cfg)
     if cfg.hub_mirror:   # this profile's hub is the local mirror: build it (as the core stage does) and read it
