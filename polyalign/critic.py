@@ -381,11 +381,10 @@ def critic_data(frame,                       # the split's records (id, bucket_i
         return feature_values(fm.take([pos[i] for i in ids]), references.features)
     Xh, Xm = aligned(human, "human"), aligned(model, "model answer")
     buckets = frame["bucket_id"].astype(str).tolist()
-    Dh = support_distance(Xh, references, buckets, cap=cap)
-    Dm = support_distance(Xm, references, buckets, cap=cap)
-    keep = np.isfinite(Dh) & np.isfinite(Dm)
-    featured = np.isfinite(support_distance(Xh, references, buckets, cap=cap, require_eligible=False)) & \
-        np.isfinite(support_distance(Xm, references, buckets, cap=cap, require_eligible=False))
+    Dh = support_distance(Xh, references, buckets, cap=cap, require_eligible=False)
+    Dm = support_distance(Xm, references, buckets, cap=cap, require_eligible=False)
+    featured = np.isfinite(Dh) & np.isfinite(Dm)
+    keep = featured & references.eligible[bucket_positions(references.buckets, buckets, len(frame))]
     rows = np.flatnonzero(keep); n = len(rows)
     human_txt, model_txt = frame["human_answer"].astype(str).tolist(), [str(a) for a in answers]
     same = np.array([_fold(human_txt[i]) == _fold(model_txt[i]) for i in rows], dtype=bool)

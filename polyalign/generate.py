@@ -154,8 +154,12 @@ def encode_prompts(generator,                      # a backend: `count`/`encode`
     "`fit_prompt` for every record, each with the token ids the backend will be given (`encode_prompt`)."
     out = []
     for r in records:
-        p = fit_prompt(r, build, generator.count, max_tokens)
-        p.ids = generator.encode(p.text)
+        encoded = {}                             # text -> ids: the fitted prompt is tokenised once, when counted
+        def count(text: str) -> int:
+            if text not in encoded: encoded[text] = generator.encode(text)
+            return len(encoded[text])
+        p = fit_prompt(r, build, count, max_tokens)
+        p.ids = encoded[p.text]
         out.append(p)
     return out
 
@@ -223,9 +227,13 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
 
 
 def adds_bos(tokenizer) -> bool:
-    "Whether the tokenizer puts BOS in front of what it encodes (Llama-3, Gemma-2: yes; Qwen2.5: it has none)."
+    """Whether the tokenizer puts BOS in front of what it encodes (Llama-3, Gemma-2: yes; Qwen2.5: it has none);
+    cached on the tokenizer, since every prompt asks."""
+    cached = getattr(tokenizer, "_polyalign_adds_bos", None)
+    if cached is not None: return cached
     bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    tokenizer._polyalign_adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    return tokenizer._polyalign_adds_bos
 
 
 def encode_prompt(tokenizer, text: str, bos: bool | None = None) -> list[int]:
@@ -240,10 +248,14 @@ def encode_prompt(tokenizer, text: str, bos: bool | None = None) -> list[int]:
     return [b] * lead + ids[k:]
 
 # %% ../nbs/06_generate.ipynb #51da58c5
-def sampling_kwargs(gen: GenerateConfig) -> dict:
-    "transformers `generate` kwargs for the run's decoding config (greedy when temperature is 0)."
+def _check_decoding(gen: GenerateConfig) -> None:
     if gen.temperature < 0 or not 0 < gen.top_p <= 1:
         raise ConfigError(f"invalid decoding: temperature={gen.temperature}, top_p={gen.top_p}")
+
+
+def sampling_kwargs(gen: GenerateConfig) -> dict:
+    "transformers `generate` kwargs for the run's decoding config (greedy when temperature is 0)."
+    _check_decoding(gen)
     kw = {"max_new_tokens": gen.max_new_tokens, "repetition_penalty": gen.repetition_penalty}
     if gen.temperature == 0: return {**kw, "do_sample": False}
     return {**kw, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": 0}
@@ -255,8 +267,7 @@ def vllm_sampling_kwargs(gen: GenerateConfig,           # the run's decoding con
                          stop: Sequence[str] = (),      # the prompt kind's `STOP_STRINGS`
                         ) -> dict:
     "The same decoding as `vllm.SamplingParams` keyword arguments."
-    if gen.temperature < 0 or not 0 < gen.top_p <= 1:
-        raise ConfigError(f"invalid decoding: temperature={gen.temperature}, top_p={gen.top_p}")
+    _check_decoding(gen)
     return {"temperature": gen.temperature, "top_p": gen.top_p, "repetition_penalty": gen.repetition_penalty,
             "frequency_penalty": gen.frequency_penalty, "presence_penalty": gen.presence_penalty,
             "max_tokens": gen.max_new_tokens, "seed": seed, "n": 1, "stop_token_ids": list(stop_ids),
