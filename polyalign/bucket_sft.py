@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,12 +22,12 @@ from .train import (TrainJob, TrainingPart, accumulation_steps, max_length_for, 
                              train_parts, world_size)
 
 # %% auto #0
-__all__ = ['SFT_SECTIONS', 'BUCKET_WEIGHTED', 'bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk', 'macro_risk',
-           'ExtraColumnsCollator', 'ExtraColumnsMixin', 'BucketSFTConfig', 'BucketSFTTrainer', 'per_example_token_nll',
-           'trainer_arguments', 'sft_arguments', 'lora_config', 'load_tokenizer', 'load_causal_lm', 'make_sft_trainer',
-           'sft_dataset', 'fit_train_records', 'sft_examples', 'sft_trainer', 'sft_part', 'train_method',
-           'loss_histories', 'plot_loss_curves', 'language_bucket_weights', 'weight_report', 'write_bucket_weights',
-           'training_summary', 'sft_stage']
+__all__ = ['SFT_LOSSES', 'SFT_OBJECTIVE', 'SFT_SECTIONS', 'bucket_weights', 'example_weights', 'bucket_masses', 'weighted_risk',
+           'macro_risk', 'ExtraColumnsCollator', 'ExtraColumnsMixin', 'BucketSFTConfig', 'BucketSFTTrainer',
+           'per_example_token_nll', 'SFTObjective', 'trainer_arguments', 'sft_arguments', 'lora_config',
+           'load_tokenizer', 'load_causal_lm', 'make_sft_trainer', 'sft_dataset', 'fit_train_records', 'sft_examples',
+           'sft_trainer', 'sft_part', 'train_method', 'loss_histories', 'plot_loss_curves', 'language_bucket_weights',
+           'weight_report', 'write_bucket_weights', 'training_summary', 'sft_stage']
 
 # %% ../nbs/03_bucket_sft.ipynb #0e8c6da3
 def bucket_weights(buckets: Sequence[str], clip: Sequence[float] | None = None) -> dict[str, float]:
@@ -225,6 +225,25 @@ def per_example_token_nll(model, batch) -> torch.Tensor:
     tok = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
     return -(tok.sum(1) / mask.sum(1).clamp(min=1))
 
+# %% ../nbs/03_bucket_sft.ipynb #2391bae1
+SFT_LOSSES = ("per_example", "trl")  # `BucketSFTTrainer`'s Σ_i w_i ℓ_i / |M|; TRL's stock token mean
+
+
+@dataclass(frozen=True)
+class SFTObjective:
+    "How an SFT method trains: which loss reduction, and whether the bucket weights (Eq. 1) enter it."
+    loss: str       # one of `SFT_LOSSES`
+    weighted: bool  # True: w_i = w̃_b(i) (Bucket-SFT); False: w_i = 1 (per_example) or no weights at all (trl)
+
+    def __post_init__(self):
+        if self.loss not in SFT_LOSSES: raise ValueError(f"SFT loss must be one of {SFT_LOSSES}, got {self.loss!r}")
+        if self.loss == "trl" and self.weighted: raise ValueError("TRL's stock SFT loss takes no per-example weights")
+
+
+SFT_OBJECTIVE = {"full_sft": SFTObjective("per_example", weighted=False),  # Eq. 1 with w ≡ 1
+                 "full_sft_trl": SFTObjective("trl", weighted=False),      # TRL's token mean over the batch
+                 "bucket_sft": SFTObjective("per_example", weighted=True)} # Eq. 1
+
 # %% ../nbs/03_bucket_sft.ipynb #5dd0c705
 def trainer_arguments(config_cls,                    # TRL config class: `SFTConfig`, `BucketSFTConfig`, `DPOConfig`...
                       section,                       # the config section with the training fields (`cfg.sft`, ...)
@@ -249,15 +268,17 @@ def trainer_arguments(config_cls,                    # TRL config class: `SFTCon
     return one_device(config_cls(**{**shared, **options}))
 
 
-def sft_arguments(sft,              # the run config's `sft` section
-                  output_dir,       # where checkpoints go
+def sft_arguments(sft,                       # the run config's `sft` section
+                  output_dir,                # where checkpoints go
                   *,
-                  seed: int,        # the run seed
-                  weighted: bool,   # Bucket-SFT (True) or Full-SFT (False)
-                  **options):       # `max_length`, `world` and further config fields, as in `trainer_arguments`
-    "TRL arguments for Full-SFT (`weighted=False`: stock `SFTConfig`) or Bucket-SFT (`BucketSFTConfig`)."
-    return trainer_arguments(BucketSFTConfig if weighted else SFTConfig, sft, output_dir, name="sft", seed=seed,
-                             completion_only_loss=True, dataloader_num_workers=0, **options)
+                  seed: int,                 # the run seed
+                  weighted: bool,            # bucket weights (Bucket-SFT) or w ≡ 1 (`SFTObjective.weighted`)
+                  loss: str = "per_example", # `per_example` (`BucketSFTConfig`) or `trl` (stock `SFTConfig`)
+                  **options):                # `max_length`, `world` and further config fields (`trainer_arguments`)
+    "TRL arguments of an SFT objective (`SFT_OBJECTIVE`): `BucketSFTConfig` for the per-example loss, else `SFTConfig`."
+    SFTObjective(loss, weighted)   # refuses an unknown loss, and weights for TRL's
+    return trainer_arguments(BucketSFTConfig if loss == "per_example" else SFTConfig, sft, output_dir, name="sft",
+                             seed=seed, completion_only_loss=True, dataloader_num_workers=0, **options)
 
 
 def lora_config(section):
@@ -292,17 +313,21 @@ def make_sft_trainer(model_path,                        # the base checkpoint (a
                      sft,                               # the run config's `sft` section
                      output_dir,                        # where checkpoints go
                      *,
-                     weighted: bool,                    # Bucket-SFT (True) or Full-SFT (False)
+                     weighted: bool,                    # the bucket weights (True) or w ≡ 1 (`SFTObjective`)
                      seed: int,                         # the run seed
+                     loss: str = "per_example",         # `per_example` (`BucketSFTTrainer`) or `trl` (`SFTTrainer`)
                      trust_remote_code: bool = False,   # as `models.trust_remote_code`
                      revision: str | None = None,       # the base checkpoint's pinned hub revision
                      **options):                        # `max_length`, `world`, worker options (`sft_arguments`)
-    "Stock `SFTTrainer` (Full-SFT; the weight column is dropped) or `BucketSFTTrainer`, on the same data."
-    args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted, **options)
+    """The trainer of one SFT objective on the same data: `BucketSFTTrainer` with the bucket weights (Bucket-SFT) or
+    with every weight 1 (Full-SFT), or TRL's stock `SFTTrainer` (`loss="trl"`; the weight column is dropped)."""
+    args = sft_arguments(sft, output_dir, seed=seed, weighted=weighted, loss=loss, **options)
     tok = load_tokenizer(model_path, trust_remote_code, revision)
     model = load_causal_lm(model_path, revision=revision, trust_remote_code=trust_remote_code)
-    if not weighted and "weight" in dataset.column_names: dataset = dataset.remove_columns("weight")
-    cls = BucketSFTTrainer if weighted else SFTTrainer
+    col = getattr(args, "weight_column", "weight")
+    if (loss == "trl" or not weighted) and col in dataset.column_names: dataset = dataset.remove_columns(col)
+    if loss == "per_example" and not weighted: dataset = dataset.add_column(col, [1.0] * len(dataset))   # w ≡ 1
+    cls = BucketSFTTrainer if loss == "per_example" else SFTTrainer
     tr = cls(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(sft))
     # both trainers drop examples with no supervised token left after truncation; count them alike
     tr.skipped_unsupervised = len(dataset) - len(tr.train_dataset)
@@ -351,7 +376,6 @@ def fit_train_records(records: Sequence[Mapping], # train records
 
 # %% ../nbs/03_bucket_sft.ipynb #1c0a194e
 SFT_SECTIONS = ("seed", "models", "data", "sft")            # the config sections an SFT part depends on
-BUCKET_WEIGHTED = {"full_sft": False, "bucket_sft": True}  # SFT method -> trained with the bucket weights (Eq. 1)
 
 
 def sft_examples(cfg,        # the run config (`sft`, `data`, `seed`)
@@ -376,8 +400,10 @@ def sft_examples(cfg,        # the run config (`sft`, `data`, `seed`)
 
 
 def sft_trainer(cfg, job: TrainJob, dataset):
-    "The trainer of an `sft` job (`polyalign.train.TRAINER_BUILDERS`): Full-SFT or Bucket-SFT as `job.method` says."
-    return make_sft_trainer(job.init, dataset, cfg.sft, job.output_dir, weighted=BUCKET_WEIGHTED[job.method],
+    "The trainer of an `sft` job (`polyalign.train.TRAINER_BUILDERS`): the objective `SFT_OBJECTIVE[job.method]`."
+    if job.method not in SFT_OBJECTIVE:
+        raise ConfigError(f"'{job.method}' is not an SFT method (SFT methods: {', '.join(SFT_OBJECTIVE)})")
+    return make_sft_trainer(job.init, dataset, cfg.sft, job.output_dir, **asdict(SFT_OBJECTIVE[job.method]),
                             seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code, revision=job.revision,
                             max_length=max_length_for(cfg.sft, job.model, job.language), **job.options)
 

@@ -28,15 +28,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import yaml
 
 # %% auto #0
-__all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS', 'PACKAGES',
-           'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for', 'method_by_label', 'TinyModelSpec', 'ModelsConfig',
-           'MetricsConfig', 'FeaturesConfig', 'DataConfig', 'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig',
-           'CriticConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override',
-           'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml',
-           'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask',
-           'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape',
-           'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
-           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
+__all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS',
+           'HELD_OUT_CONSTANT_RULES', 'PACKAGES', 'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for',
+           'method_by_label', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
+           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'LaunchConfig', 'RunConfig',
+           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
+           'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods', 'pins_path',
+           'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
+           'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
+           'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
+           'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
            'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
            'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
            'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path', 'model_slug',
@@ -71,6 +72,7 @@ class Method:
     init: str | None  # the method whose checkpoint it starts from and whose answers it rejects; None: the base model
     prompt: str  # plain (base LM continuation), cot (JSON reasoning prompt) or chat (the chat renderer)
     predicted_by: str  # the stage that writes its test predictions
+    paper: bool = True  # a row of the paper's tables; False: a variant a config adds as an extra row
 
     @property
     def checkpoint(self) -> bool:
@@ -82,21 +84,26 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("base_lm", "BaseLM", None, None, "plain", "generate"),
     Method("cot", "CoT", None, None, "cot", "generate"),
     Method("full_sft", "Full-SFT", "sft", None, "chat", "generate"),
+    Method("full_sft_trl", "Full-SFT (TRL loss)", "sft", None, "chat", "generate", paper=False),
     Method("dpo", "DPO", "preference", "full_sft", "chat", "preference"),
     Method("bucket_sft", "Bucket-SFT", "sft", None, "chat", "generate"),
     Method("hdpo", "HDPO", "preference", "bucket_sft", "chat", "preference"),
+    Method("hdpo_margin", "HDPO (margin p)", "preference", "bucket_sft", "chat", "preference", paper=False),
 )}
-# rows of every table that no method produces: the held-out human answers, empty answers
-SANITY_ROWS = ("Human", "Empty")
+# rows of every table that no method produces: the held-out human answers, one half of them scored against the
+# other half (the noise floor of the distributional metrics), empty answers
+SANITY_ROWS = ("Human", "Noise floor", "Empty")
 TABLE_ORDER = (*SANITY_ROWS, *(m.label for m in METHODS.values()))
 METHOD_SECTIONS = ("generate", "sft", "preference")  # config sections with a `methods` list
 
 
-def methods_for(section: str) -> tuple[str, ...]:
-    "The methods a config section's `methods` list may hold: those the stage trains, or (generate) predicts."
+def methods_for(section: str, paper_only: bool = False) -> tuple[str, ...]:
+    """The methods a config section's `methods` list may hold: those the stage trains, or (generate) predicts;
+    `paper_only` keeps the paper's rows (the defaults of every `methods` list)."""
     if section not in METHOD_SECTIONS: raise ConfigError(f"section '{section}' selects no methods ({METHOD_SECTIONS})")
-    if section == "generate": return tuple(m.name for m in METHODS.values() if m.predicted_by == "generate")
-    return tuple(m.name for m in METHODS.values() if m.trained_by == section)
+    ok = lambda m: m.paper or not paper_only
+    if section == "generate": return tuple(m.name for m in METHODS.values() if m.predicted_by == "generate" and ok(m))
+    return tuple(m.name for m in METHODS.values() if m.trained_by == section and ok(m))
 
 
 def _label_key(s: str) -> str: return re.sub(r"[^a-z0-9]", "", str(s).lower())
@@ -131,17 +138,23 @@ class ModelsConfig:
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
 
 # %% ../nbs/00_core.ipynb #1a15970b
+HELD_OUT_CONSTANT_RULES = ("train_std", "exclude", "eps")  # BNG: a feature constant in the held-out human bucket
+
+
 @dataclass
 class MetricsConfig:
     """Evaluation settings read by the `metrics` stage (07_metrics); defaults follow the paper / the authors' CLI unless
     noted."""
     # Table 2 column groups, each evaluated on its own test rows
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
-    min_bucket_size: int = 20  # rows a bucket needs (generated and human) for BNG, C-MAUVE and TDM
+    min_bucket_size: int = 20  # held-out human answers a bucket needs for BNG, C-MAUVE and TDM (App. A)
     # bucket families counted as QA for the QA-only macro F1
     qa_families: list[str] = field(default_factory=lambda: ["qa"])
     bng_eps: float = 1e-3  # epsilon in max(sigma_human, epsilon) of BNG and the TDM gaps
     bng_scale: str = "human_std"  # human_std (paper) or robust: max(IQR/1.349, sigma, epsilon)
+    # a feature constant in the held-out human bucket (sigma <= eps): train_std (divide by the bucket's train std),
+    # exclude (drop it), eps (divide by eps)
+    bng_held_out_constant: str = "train_std"
     mauve_featurizer: str = "tiny"  # tiny = an encoder built locally; otherwise a hub id or a local path
     mauve_pooling: str = "mean"  # mean (attention-masked mean) or last (hidden state of the last token, as mauve-text)
     mauve_max_length: int = 256  # tokens per text given to the featurizer
@@ -157,6 +170,13 @@ class MetricsConfig:
     bootstrap_samples: int = 1000  # 0 turns confidence intervals off
     ci_level: float = 0.95
     paper_compat_truncate: bool = False  # print Table 2 truncated to 3 decimals as the paper did (default: rounded)
+
+    def __post_init__(self):
+        if self.bng_scale not in ("human_std", "robust"):
+            raise ConfigError(f"metrics.bng_scale must be human_std or robust, got {self.bng_scale!r}")
+        if self.bng_held_out_constant not in HELD_OUT_CONSTANT_RULES:
+            raise ConfigError(f"metrics.bng_held_out_constant must be one of {', '.join(HELD_OUT_CONSTANT_RULES)}, "
+                              f"got {self.bng_held_out_constant!r}")
 
 # %% ../nbs/00_core.ipynb #36a12b93
 @dataclass
@@ -229,7 +249,8 @@ class SFTStageConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     examples_per_step: int = 64  # per optimiser step, over devices and accumulation
-    methods: list[str] = field(default_factory=lambda: list(methods_for("sft")))  # which to train (not hashed)
+    # which to train (not hashed); full_sft_trl (TRL's stock loss) is an extra row a config may add
+    methods: list[str] = field(default_factory=lambda: list(methods_for("sft", paper_only=True)))
     per_device_batch_size: int = 4
     max_length: int = 2048  # prompt + answer tokens; longer prompts are cut from the left by the renderer
     # max_length per model, language or model/language (most specific wins), e.g. {zh: 4096, meta-llama/...: 4096}
@@ -261,7 +282,7 @@ class GenerateConfig:
     max_new_tokens: int = 256  # one budget for every method (CoT included)
     max_prompt_tokens: int = 3840  # prompts are cut from the left of history/context to fit
     batch_size: int = 16
-    methods: list[str] = field(default_factory=lambda: list(methods_for("generate")))  # not hashed
+    methods: list[str] = field(default_factory=lambda: list(methods_for("generate", paper_only=True)))  # not hashed
     splits: list[str] = field(default_factory=lambda: ["test"])  # plus train prompts for the preference stages
     vllm_gpu_memory_utilization: float = 0.85
     vllm_data_parallel: int = 0  # engines, one per GPU in its own process; 0 = one per visible GPU
@@ -288,10 +309,11 @@ class GenerateConfig:
 class PreferenceConfig:
     "DPO and HDPO (05_hdpo). Defaults are the paper's (§3.4, §4.1); both methods share every training setting."
     # which to train and evaluate (not hashed)
-    methods: list[str] = field(default_factory=lambda: list(methods_for("preference")))
+    methods: list[str] = field(default_factory=lambda: list(methods_for("preference", paper_only=True)))
     beta: float = 0.1
     hdpo_lambda: float = 0.1
-    p_mode: str = "margin"  # how Δπ enters p: summed (Eq. 9 as printed), length_normalized, margin
+    # how Δπ enters p for `hdpo`: summed (Eq. 9 as printed), length_normalized or margin; `hdpo_margin` uses margin
+    p_mode: str = "summed"
     learning_rate: float = 5e-7
     num_train_epochs: float = 1.0
     lr_scheduler_type: str = "cosine"

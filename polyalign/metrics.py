@@ -12,24 +12,25 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import (HAN, LANGUAGES, METHODS, TABLE_ORDER, MetricsConfig, StageResult, derive_seed, log,
-                            md_escape, method_by_label, read_jsonl, run_path, run_stage, tex_escape)
+from .core import (HAN, HELD_OUT_CONSTANT_RULES, LANGUAGES, METHODS, TABLE_ORDER, MetricsConfig, StageResult,
+                            derive_seed, log, md_escape, method_by_label, read_jsonl, run_path, run_stage, tex_escape)
 
 # %% auto #0
 __all__ = ['UTILITY_COLUMNS', 'TABLE2_METRICS', 'METRIC_LABELS', 'METRICS_SECTIONS', 'collapse_line_whitespace',
            'squad_normalize', 'answer_tokens', 'token_f1', 'lcs_length', 'rouge_l', 'utility_scores', 'PredictionError',
-           'align_predictions', 'load_predictions', 'summarize_utility', 'w1', 'reference_flags', 'BNGResult', 'bng',
-           'mauve_cluster_count', 'mauve_sample', 'mauve_score', 'mauve_quantize', 'mauve_from_histograms',
-           'mauve_from_labels', 'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm', 'bounded_geomean',
-           'pareto_frontier', 'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate', 'bootstrap_ci',
-           'method_label', 'reported_model', 'table2', 'write_table2', 'prediction_files', 'sanity_predictions',
-           'mauve_featurizer_path', 'load_test_split', 'evaluate_run', 'table2_cells', 'write_run_outputs',
-           'references_path', 'human_feature_matrix', 'metrics_inputs', 'evaluate_and_write', 'metrics_stage']
+           'align_predictions', 'load_predictions', 'summarize_utility', 'w1', 'reference_facts', 'held_out_counts',
+           'BNGResult', 'bng', 'mauve_cluster_count', 'mauve_sample', 'mauve_score', 'mauve_quantize',
+           'mauve_from_histograms', 'mauve_from_labels', 'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm',
+           'bounded_geomean', 'pareto_frontier', 'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate',
+           'bootstrap_ci', 'method_label', 'reported_model', 'table2', 'write_table2', 'noise_floor_pairs',
+           'noise_floor_frame', 'prediction_files', 'sanity_predictions', 'mauve_featurizer_path', 'load_test_split',
+           'default_extract', 'evaluate_run', 'table2_cells', 'write_run_outputs', 'references_path',
+           'human_feature_matrix', 'metrics_inputs', 'evaluate_and_write', 'metrics_stage']
 
 # %% ../nbs/07_metrics.ipynb #3d68596a
 _ZH_TOKEN = re.compile(f"[{HAN}]|[^\\W_{HAN}]+")
@@ -203,15 +204,23 @@ def _w1_columns(g: np.ndarray, h: np.ndarray) -> np.ndarray:
     return out
 
 # %% ../nbs/07_metrics.ipynb #f549adfd
-def reference_flags(references: Any) -> tuple[dict[str, bool] | None, dict[str, set[str]]]:
-    "(eligible per bucket or None, constant features per bucket) from a `References` object or a plain dict."
-    if references is None: return None, {}
+def reference_facts(references: Any) -> tuple[dict[str, set[str]], dict[str, dict[str, float]]]:
+    "(constant features per bucket, train standard deviation per bucket and feature) from `References` or a dict."
+    if references is None: return {}, {}
     if isinstance(references, dict):
-        elig, const = references.get("eligible"), references.get("constant", {})
-        return (dict(elig) if elig is not None else None), {b: set(v) for b, v in const.items()}
-    const = np.asarray(references.stats["constant"], dtype=bool)
-    return (dict(zip(references.buckets, map(bool, references.eligible))),
-            {b: {f for f, c in zip(references.features, const[i]) if c} for i, b in enumerate(references.buckets)})
+        return ({b: set(v) for b, v in references.get("constant", {}).items()},
+                {b: dict(v) for b, v in references.get("std", {}).items()})
+    const, sd = np.asarray(references.stats["constant"], dtype=bool), np.asarray(references.stats["std"], np.float64)
+    return ({b: {f for f, c in zip(references.features, const[i]) if c} for i, b in enumerate(references.buckets)},
+            {b: dict(zip(references.features, map(float, sd[i]))) for i, b in enumerate(references.buckets)})
+
+
+def held_out_counts(buckets: Sequence[str], held_out: Mapping[str, int] | None = None) -> dict[str, int]:
+    "Held-out human answers per bucket: `held_out` when given (rows scored are a subset), else the rows of `buckets`."
+    counts = pd.Series(np.asarray(buckets, dtype=object)).value_counts().to_dict()
+    missing = sorted(set(counts) - set(held_out)) if held_out is not None else []
+    if missing: raise ValueError(f"held_out gives no count for buckets {missing[:5]}")
+    return {b: int(held_out[b]) if held_out is not None else int(n) for b, n in counts.items()}
 
 
 @dataclass
@@ -225,15 +234,17 @@ class BNGResult:
     def summary(self) -> dict:
         return {"overall_macro": self.overall_macro, "overall_weighted": self.overall_weighted,
                 "n_eligible_buckets": int(self.by_bucket["eligible"].sum()),
+                "n_held_out_constant": int(self.by_bucket["n_held_out_constant"].sum()),
                 "by_bucket": self.by_bucket.to_dict("records")}
 
 # %% ../nbs/07_metrics.ipynb #e20a95c0
-def _check_coverage(gen: np.ndarray, human: np.ndarray, n: int) -> None:
+def _check_coverage(gen: np.ndarray, human: np.ndarray, n: int, undefined_ok: np.ndarray | None = None) -> None:
     if gen.shape != human.shape or gen.shape[0] != n:
         raise ValueError(f"feature matrices must both be {n} rows x F; got generated {gen.shape}, human {human.shape}")
     for name, m in (("generated", gen), ("human", human)):
         if np.isinf(m).any(): raise ValueError(f"{name} feature matrix has {int(np.isinf(m).sum())} infinite values")
     gap = np.isnan(gen) != np.isnan(human)
+    if undefined_ok is not None: gap &= ~(np.isnan(gen) & np.asarray(undefined_ok, dtype=bool)[:, None])
     if gap.any():
         rows = np.flatnonzero(gap.any(axis=1))
         raise ValueError(f"feature coverage differs between generated and human rows: {int(gap.sum())} values in "
@@ -251,45 +262,69 @@ def _scale(h: np.ndarray, eps: float, how: str) -> np.ndarray:
     raise ValueError(f"unknown bng_scale {how!r} (known: human_std, robust)")
 
 
+def _held_out_constant_scale(s: np.ndarray, h: np.ndarray, train_sd: np.ndarray, eps: float,
+                             rule: str) -> tuple[np.ndarray, np.ndarray]:
+    "(scale, keep) after applying `rule` to the features constant in the held-out bucket (σ ≤ ε)."
+    if rule not in HELD_OUT_CONSTANT_RULES:
+        raise ValueError(f"unknown bng_held_out_constant {rule!r} (known: {', '.join(HELD_OUT_CONSTANT_RULES)})")
+    flat = np.nanstd(h, axis=0) <= eps
+    if rule == "eps" or not flat.any(): return s, np.ones(len(s), dtype=bool)
+    if rule == "train_std":
+        ok = flat & np.isfinite(train_sd) & (train_sd > eps)
+        s = np.where(ok, train_sd, s)
+        return s, ~flat | ok                      # no usable train scale either: excluded
+    return s, ~flat
+
+
 def bng(gen: np.ndarray,                         # n×F features of the generated answers (NaN: feature does not apply)
         human: np.ndarray,                       # n×F features of the human answers of the same rows
         buckets: Sequence[str],                  # the n rows' bucket ids
         feature_names: Sequence[str],            # the F feature names
-        references: Any = None,                  # `References` (or a dict) for eligibility and constant features
+        references: Any = None,                  # `References` (or a dict): constant features, train std
         eps: float = 1e-3,                       # the floor of the scale
-        min_bucket_size: int = 20,               # fewer rows: the bucket is not scored
+        min_bucket_size: int = 20,               # fewer held-out human answers: the bucket is not scored
         scale: str = "human_std",                # human_std or robust
+        held_out_constant: str = "train_std",    # features constant in the held-out bucket: train_std, exclude, eps
+        held_out: Mapping[str, int] | None = None,  # held-out answers per bucket (default: the rows of `buckets`)
+        undefined_ok: np.ndarray | None = None,  # rows (empty answers) whose generated features may be undefined
        ) -> BNGResult:
     "Bucketed Naturalness Gap of generated vs human feature matrices (rows aligned)."
     gen, human = np.asarray(gen, dtype=np.float64), np.asarray(human, dtype=np.float64)
     buckets = np.asarray(buckets, dtype=object)
-    _check_coverage(gen, human, len(buckets))
+    _check_coverage(gen, human, len(buckets), undefined_ok)
     if gen.shape[1] != len(feature_names):
         raise ValueError(f"{gen.shape[1]} feature columns but {len(feature_names)} names")
-    eligible, constant = reference_flags(references)
+    constant, train_sd = reference_facts(references)
+    counts = held_out_counts(buckets, held_out)
     names = np.asarray(feature_names, dtype=object)
     rows, contrib = [], []
     for b in sorted(set(buckets)):
         idx = np.flatnonzero(buckets == b)
         g, h = gen[idx], human[idx]
         present = ~np.isnan(h).all(axis=0)
+        undefined = present & np.isnan(g).all(axis=0)      # e.g. an LM mean over no tokens: every answer empty
         is_const = np.array([n in constant.get(b, ()) for n in names], dtype=bool)
-        use = present & ~is_const
-        n_rows = int((~np.isnan(g[:, present]).all(axis=1)).sum()) if present.any() else 0
-        reason = ("fewer than %d rows" % min_bucket_size if n_rows < min_bucket_size else
-                  "not eligible in the references" if eligible is not None and not eligible.get(b, False) else
+        use = present & ~is_const & ~undefined
+        reason = ("fewer than %d held-out answers" % min_bucket_size if counts[b] < min_bucket_size else
                   "no features" if not use.any() else "")
-        rec = {"bucket_id": b, "n_examples": len(idx), "n_features": int(use.sum()),
+        rec = {"bucket_id": b, "n_examples": len(idx), "n_held_out": counts[b], "n_features": int(use.sum()),
                "n_constant_excluded": int((present & is_const).sum()), "n_not_applicable": int((~present).sum()),
-               "eligible": not reason, "reason": reason,
+               "n_undefined_excluded": int(undefined.sum()),
+               "n_undefined_values": int((np.isnan(g) & ~np.isnan(h)).sum()),
+               "n_held_out_constant": 0, "eligible": not reason, "reason": reason,
                "bng": float("nan"), "bng_median": float("nan"), "top_feature": None}
         if not reason:
-            d = _w1_columns(g[:, use], h[:, use])
-            s = _scale(h[:, use], eps, scale)
+            sd_b = np.array([train_sd.get(b, {}).get(n, np.nan) for n in names[use]], dtype=np.float64)
+            s, keep = _held_out_constant_scale(_scale(h[:, use], eps, scale), h[:, use], sd_b, eps, held_out_constant)
+            rec["n_held_out_constant"] = int((np.nanstd(h[:, use], axis=0) <= eps).sum())
+            cols = np.flatnonzero(use)[keep]
+            d, s = _w1_columns(g[:, cols], h[:, cols]), s[keep]
             gap = d / s
-            rec.update(bng=float(gap.mean()), bng_median=float(np.median(gap)),
-                       top_feature=str(names[use][np.argmax(gap)]))
-            contrib.append(pd.DataFrame({"bucket_id": b, "feature": names[use], "column": np.flatnonzero(use), "w1": d,
+            rec.update(n_features=len(cols), bng=float(gap.mean()) if len(cols) else float("nan"),
+                       bng_median=float(np.median(gap)) if len(cols) else float("nan"),
+                       top_feature=str(names[cols][np.argmax(gap)]) if len(cols) else None)
+            if not len(cols): rec.update(eligible=False, reason="no features")
+            contrib.append(pd.DataFrame({"bucket_id": b, "feature": names[cols], "column": cols, "w1": d,
                                          "scale": s, "gap": gap, "share": gap / gap.sum() if gap.sum() > 0 else 0.0}))
         rows.append(rec)
     by_bucket = pd.DataFrame(rows)
@@ -406,6 +441,7 @@ def mauve_by_bucket(gen_emb: np.ndarray,         # n×d embeddings of the genera
                     mcfg: MetricsConfig,         # sampling, clustering and `min_bucket_size`
                     seed: int,                   # row samples derive their seeds from it
                     labels: bool = False,        # keep cluster labels for the bootstrap
+                    held_out: Mapping[str, int] | None = None,  # held-out answers per bucket (default: its rows)
                    ) -> tuple[dict, dict[str, MauveScope]]:
     "G-MAUVE over all rows and C-MAUVE per bucket (NaN below `min_bucket_size`); returns the summary and the scopes."
     buckets = np.asarray(buckets, dtype=object)
@@ -428,12 +464,12 @@ def mauve_by_bucket(gen_emb: np.ndarray,         # n×d embeddings of the genera
         val = sc.value
         return val
     g = run("__global__", np.arange(len(buckets))) if len(buckets) >= mcfg.min_bucket_size else float("nan")
-    by, skipped = [], []
+    by, skipped, counts = [], [], held_out_counts(buckets, held_out)
     for b in sorted(set(buckets)):
         idx = np.flatnonzero(buckets == b)
-        if len(idx) < mcfg.min_bucket_size:
+        if counts[b] < mcfg.min_bucket_size:
             skipped.append({"bucket_id": b, "n_examples": len(idx),
-                            "reason": f"fewer than {mcfg.min_bucket_size} rows"})
+                            "reason": f"fewer than {mcfg.min_bucket_size} held-out answers"})
             continue
         by.append({"bucket_id": b, "n_examples": len(idx), "n_sampled": int(min(len(idx), mcfg.mauve_max_texts)),
                    "c_mauve": run(b, idx)})
@@ -503,44 +539,49 @@ def tdm(questions: Sequence[str],               # the current user messages of t
         generated: Sequence[str],               # the generated answers of those rows
         buckets: Sequence[str],                 # the rows' bucket ids
         language: str,                          # the rows' language (answer tokens)
-        min_bucket_size: int = 20,              # fewer rows: the bucket is not scored
+        min_bucket_size: int = 20,              # fewer held-out answers: the bucket is not scored
         eps: float = 1e-3,                      # the floor of the scales
         svd_components: int = 64,               # latent dimensions (capped by the rank)
+        gen_questions: Sequence[str] | None = None,  # the questions the generated answers answer (default: questions)
+        held_out: Mapping[str, int] | None = None,   # held-out answers per bucket (default: the rows of `buckets`)
        ) -> dict:
-    "TDM per bucket and its macro mean, for the multi-turn rows of one language (all inputs aligned)."
+    """TDM per bucket and its macro mean, for the multi-turn rows of one language (all inputs aligned). The generated
+    side's per-row quantities use `gen_questions` (the noise floor scores answers to other rows' questions)."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
     n = len(questions)
     buckets = np.asarray(buckets, dtype=object)
-    if not (n == len(human) == len(generated) == len(buckets)):
+    gen_questions = list(questions) if gen_questions is None else list(gen_questions)
+    if not (n == len(human) == len(generated) == len(buckets) == len(gen_questions)):
         raise ValueError("questions, answers and buckets must be aligned")
     if n == 0: return {"overall_macro": float("nan"), "by_bucket": [], "method": "tfidf_svd"}
     analyzer = lambda t: answer_tokens(t, language)
     vec = TfidfVectorizer(analyzer=analyzer, norm="l2", lowercase=False).fit(list(questions) + list(human))
-    X, YH, YG = vec.transform(questions), vec.transform(human), vec.transform(generated)
+    X, XG = vec.transform(questions), vec.transform(gen_questions)
+    YH, YG = vec.transform(human), vec.transform(generated)
     rank = min(n - 1, len(vec.vocabulary_) - 1)
     if rank >= 2:
         svd = TruncatedSVD(n_components=min(svd_components, rank), random_state=0).fit(X)
-        ZX, ZH, ZG = svd.transform(X), svd.transform(YH), svd.transform(YG)
+        ZX, ZXG, ZH, ZG = svd.transform(X), svd.transform(XG), svd.transform(YH), svd.transform(YG)
     else:
-        ZX, ZH, ZG = X.toarray(), YH.toarray(), YG.toarray()
-    lx = np.array([len(analyzer(t)) for t in questions], dtype=float)
-    r = {k: np.array([len(analyzer(t)) for t in ys], dtype=float) / np.maximum(lx, 1)
-         for k, ys in (("h", human), ("g", generated))}
-    a = {"h": _row_cos(X, YH), "g": _row_cos(X, YG)}
-    c = {"h": _row_cos(ZX, ZH), "g": _row_cos(ZX, ZG)}
+        ZX, ZXG, ZH, ZG = X.toarray(), XG.toarray(), YH.toarray(), YG.toarray()
+    length = lambda ts: np.array([len(analyzer(t)) for t in ts], dtype=float)
+    r = {"h": length(human) / np.maximum(length(questions), 1),
+         "g": length(generated) / np.maximum(length(gen_questions), 1)}
+    a = {"h": _row_cos(X, YH), "g": _row_cos(XG, YG)}
+    c = {"h": _row_cos(ZX, ZH), "g": _row_cos(ZXG, ZG)}
     s = lambda d: 1.0 / (1.0 + d)
-    rows = []
+    rows, counts = [], held_out_counts(buckets, held_out)
     for b in sorted(set(buckets)):
         idx = np.flatnonzero(buckets == b)
-        if len(idx) < min_bucket_size: continue
+        if counts[b] < min_bucket_size: continue
         sims = {}
         for name, u in (("length_ratio", r), ("lexical_accommodation", a), ("semantic_coupling", c)):
             hb = u["h"][idx]
             sims[name] = s(w1(u["g"][idx], hb) / max(float(np.std(hb)), eps))
         Q = ZX[idx] - ZX[idx].mean(0)
         TH = Q.T @ (ZH[idx] - ZH[idx].mean(0)) / len(idx)
-        TG = Q.T @ (ZG[idx] - ZG[idx].mean(0)) / len(idx)
+        TG = (ZXG[idx] - ZXG[idx].mean(0)).T @ (ZG[idx] - ZG[idx].mean(0)) / len(idx)
         sims["latent_transition"] = s(float(np.linalg.norm(TG - TH) / max(float(np.linalg.norm(TH)), eps)))
         rows.append({"bucket_id": b, "n_examples": len(idx), **{f"{k}_similarity": float(v) for k, v in sims.items()},
                      "tdm": float(np.mean(list(sims.values())))})
@@ -610,8 +651,8 @@ def aggregate(qa_f1: float,                      # Table 2 QA-F1
 
 # %% ../nbs/07_metrics.ipynb #659c05e4
 TABLE2_METRICS = ("qa_f1", "bng_macro", "g_mauve", "nuf", "agg")
-_SUMMARY_CONFIG = ("min_bucket_size", "bng_eps", "bng_scale", "mauve_max_texts", "mauve_num_buckets", "mauve_seed",
-                   "bootstrap_samples", "ci_level")   # the metrics settings every summary records
+_SUMMARY_CONFIG = ("min_bucket_size", "bng_eps", "bng_scale", "bng_held_out_constant", "mauve_max_texts",
+                   "mauve_num_buckets", "mauve_seed", "bootstrap_samples", "ci_level")   # recorded in every summary
 
 
 @dataclass
@@ -626,8 +667,10 @@ class Evaluation:
     bng_features: pd.DataFrame
 
     def table2_cells(self) -> dict:
+        "The five Table 2 cells (the noise floor has no QA-F1)."
         m = self.summary
-        return {"qa_f1": m["utility"]["overall"]["qa_f1"], "bng_macro": m["bng"]["overall_macro"],
+        qa = float("nan") if m.get("noise_floor") else m["utility"]["overall"]["qa_f1"]
+        return {"qa_f1": qa, "bng_macro": m["bng"]["overall_macro"],
                 "g_mauve": m["mauve"]["global"], "nuf": m["nuf"]["overall"]["hypervolume"],
                 "agg": m["aggregate"]["overall"]}
 
@@ -651,29 +694,36 @@ def evaluate(frame: pd.DataFrame,                # one language's aligned test r
              seed: int = 0,                      # the run seed (MAUVE samples, bootstrap)
              model: str = "",                    # recorded in the summary
              method: str = "",                   # recorded in the summary
+             held_out: Mapping[str, int] | None = None,  # held-out answers per bucket (default: the rows of `frame`)
+             noise_floor: bool = False,          # the noise-floor set: utility is the human answers' own
             ) -> Evaluation:
     """Every metric for one language's aligned rows (`frame`: id, language, bucket_id, dataset, family, track, question,
-    human_answer, prediction). Feature matrices / embeddings of None leave BNG / MAUVE (and what needs them) NaN."""
+    human_answer, prediction; `prediction_question` when the predictions answer other questions, as in the noise floor).
+    Feature matrices / embeddings of None leave BNG / MAUVE (and what needs them) NaN."""
     mcfg = mcfg or MetricsConfig()
     langs = frame["language"].unique()
     if len(langs) != 1: raise ValueError(f"evaluate takes one language at a time, got {sorted(map(str, langs))}")
     lang = str(langs[0])
     frame = frame.reset_index(drop=True)
-    scores = utility_scores(frame["prediction"].tolist(), frame["human_answer"].tolist(), frame["language"].tolist())
+    scored = frame["human_answer" if noise_floor else "prediction"].tolist()
+    scores = utility_scores(scored, frame["human_answer"].tolist(), frame["language"].tolist())
     rows = pd.concat([frame[["id", "language", "bucket_id", "dataset", "family", "track"]], scores], axis=1)
     util = summarize_utility(rows, mcfg.qa_families)
     buckets = frame["bucket_id"].to_numpy(dtype=object)
     bng_res = None
     if gen_features is not None and human_features is not None:
         bng_res = bng(gen_features, human_features, buckets, feature_names, references, mcfg.bng_eps,
-                      mcfg.min_bucket_size, mcfg.bng_scale)
+                      mcfg.min_bucket_size, mcfg.bng_scale, mcfg.bng_held_out_constant, held_out,
+                      undefined_ok=scores["is_empty"].to_numpy(dtype=bool))
     want_ci = mcfg.bootstrap_samples > 0
-    mv, scopes = (mauve_by_bucket(gen_emb, human_emb, buckets, mcfg, derive_seed(seed, "mauve", lang), labels=want_ci)
+    mseed = derive_seed(seed, "mauve", lang)
+    mv, scopes = (mauve_by_bucket(gen_emb, human_emb, buckets, mcfg, mseed, want_ci, held_out)
                   if gen_emb is not None and human_emb is not None else (None, {}))
     multi = (frame["track"] == "multi").to_numpy()
     mt = frame.loc[multi]
+    gq = mt["prediction_question"].tolist() if "prediction_question" in mt.columns else None
     td = tdm(mt["question"].tolist(), mt["human_answer"].tolist(), mt["prediction"].tolist(), buckets[multi], lang,
-             mcfg.min_bucket_size, mcfg.bng_eps, mcfg.tdm_svd_components)
+             mcfg.min_bucket_size, mcfg.bng_eps, mcfg.tdm_svd_components, gq, held_out)
     table = _bucket_table(util, bng_res, mv, td)
     nuf_all, nuf_mt = nuf(table, mcfg.nuf_reference), nuf(table, mcfg.nuf_reference, multi_turn=True)
     nan = float("nan")
@@ -684,6 +734,7 @@ def evaluate(frame: pd.DataFrame,                # one language's aligned test r
     raw = {"qa_f1": util["overall"]["qa_f1"], "bng_macro": bng_sum["overall_macro"],
            "mauve_global": mauve_sum["global"], "nuf_hypervolume": nuf_all["hypervolume"]}
     summary = {"model": model, "method": method, "language": lang, "n_examples": int(len(frame)),
+               "noise_floor": noise_floor,
                "utility": util, "bng": bng_sum, "mauve": mauve_sum, "tdm": td,
                "nuf": {"overall": nuf_all, "multi_turn": nuf_mt},
                "aggregate": {"overall": aggregate(*raw.values()), "method": "geometric_mean_global_fixed_scale",
@@ -911,6 +962,25 @@ def write_table2(cells: pd.DataFrame,            # long Table 2 cells (see `tabl
     return [atomic_write_text(out / f"{name}.csv", wide.to_csv(index=False)), atomic_write_text(out / f"{name}.md", md),
             atomic_write_text(out / f"{name}.tex", tex)]
 
+# %% ../nbs/07_metrics.ipynb #nf000004
+def noise_floor_pairs(test: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (a, b) of the noise floor: each (language, bucket)'s rows shuffled (seed derived from `seed` and the
+    bucket) and halved; the human answer of row a[i] is scored as the prediction for row b[i]."""
+    a, b = [np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]
+    for key, idx in sorted(test.groupby(["language", "bucket_id"]).indices.items()):
+        p = np.random.default_rng(derive_seed(seed, "noise-floor", *key)).permutation(idx)
+        h = len(p) // 2
+        a.append(p[:h]); b.append(p[h:2 * h])
+    return np.concatenate(a), np.concatenate(b)
+
+
+def noise_floor_frame(test: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    "(half B's rows with half A's answers as `prediction` and their questions as `prediction_question`, a, b)."
+    a, b = noise_floor_pairs(test, seed)
+    frame = test.iloc[b].reset_index(drop=True).assign(prediction=test["human_answer"].to_numpy()[a],
+                                                      prediction_question=test["question"].to_numpy()[a])
+    return frame, a, b
+
 # %% ../nbs/07_metrics.ipynb #aa92b145
 def _jsonable(o):
     if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
@@ -954,25 +1024,43 @@ def load_test_split(cfg) -> pd.DataFrame:
     return test[test["language"].isin(cfg.metrics.languages)].reset_index(drop=True)
 
 # %% ../nbs/07_metrics.ipynb #5b389f79
+def default_extract(cfg):
+    """(texts, rows) -> (n×F values, names): the features stage's features of answers to `rows` (language, question,
+    context, dialogue_history), with its LM scorer and conditioning prefixes when `features.lm_features` is on."""
+    from polyalign.features import extract_features, feature_scorer, lm_prompts
+    scorer = feature_scorer(cfg)
+    def extract(texts, rows):
+        fm = extract_features(list(texts), rows["language"].tolist(), scorer=scorer,
+                              prompts=lm_prompts(rows) if scorer is not None else None)
+        return np.asarray(fm.values, dtype=np.float64), list(fm.names)
+    return extract
+
+
+def _evaluate_languages(cfg, frame, G, H, names, Ge, He, references, model, method, **kw) -> list[Evaluation]:
+    out = []
+    for lang in cfg.metrics.languages:
+        sel = (frame["language"] == lang).to_numpy()
+        if sel.any():
+            out.append(evaluate(frame[sel], G[sel], H[sel], names, Ge[sel], He[sel], references, cfg.metrics,
+                                cfg.seed, model, method, **kw))
+    return out
+
+
 def evaluate_run(cfg,                            # the run config (run_dir, metrics, seed)
                  test: pd.DataFrame,             # the test rows (`load_test_split`)
-                 extract=None,                   # (texts, languages) -> (n×F values, names); default: features
+                 extract=None,                   # (texts, rows) -> (n×F values, names); default: `default_extract`
                  references: Any = None,         # the bucket references of the features stage
                  human_features=None,            # (values, names) of the human answers, when already computed
                  embed=None,                     # texts -> n×d embeddings; default: the configured featuriser
                 ) -> list[Evaluation]:
-    "Evaluate the sanity sets and every prediction file of `cfg.run_dir`, one `Evaluation` per language."
-    if extract is None:
-        from polyalign.features import extract_features
-        def extract(texts, languages):
-            fm = extract_features(list(texts), list(languages))
-            return np.asarray(fm.values, dtype=np.float64), list(fm.names)
+    "Evaluate the sanity sets (Human, Noise floor, Empty) and every prediction file of `cfg.run_dir`, per language."
+    extract = extract or default_extract(cfg)
     if embed is None:
         model_dir, m = mauve_featurizer_path(cfg), cfg.metrics
         embed = lambda texts: featurize_texts(texts, model_dir, m.mauve_pooling, m.mauve_max_length, m.mauve_batch_size,
                                               m.mauve_device, cfg.models.trust_remote_code,
                                               cfg.models.revisions.get(m.mauve_featurizer))
-    if human_features is None: human_features = extract(test["human_answer"].tolist(), test["language"].tolist())
+    if human_features is None: human_features = extract(test["human_answer"].tolist(), test)
     H, names = human_features
     He = embed(test["human_answer"].tolist())
     sets: list[tuple[str, str, list[dict] | Path]] = [("sanity", k, v) for k, v in sanity_predictions(test).items()]
@@ -985,14 +1073,15 @@ def evaluate_run(cfg,                            # the run config (run_dir, metr
         if method == "Human":
             G, Ge = H, He
         else:
-            G, gnames = extract(aligned["prediction"].tolist(), aligned["language"].tolist())
+            G, gnames = extract(aligned["prediction"].tolist(), aligned)
             if list(gnames) != list(names): raise ValueError("generated and human feature names differ")
             Ge = embed(aligned["prediction"].tolist())
-        for lang in cfg.metrics.languages:
-            sel = (aligned["language"] == lang).to_numpy()
-            if not sel.any(): continue
-            evals.append(evaluate(aligned[sel], G[sel], H[sel], names, Ge[sel], He[sel], references, cfg.metrics,
-                                  cfg.seed, model, method))
+        evals += _evaluate_languages(cfg, aligned, G, H, names, Ge, He, references, model, method)
+        if method == "Human":                    # the noise floor: half of the human answers against the other half
+            nf, a, b = noise_floor_frame(test, cfg.seed)
+            held = test["bucket_id"].value_counts().to_dict()
+            evals += _evaluate_languages(cfg, nf, H[a], H[b], names, He[a], He[b], references, model, "Noise floor",
+                                         held_out=held, noise_floor=True)
     return evals
 
 # %% ../nbs/07_metrics.ipynb #edf69379
@@ -1001,8 +1090,8 @@ def table2_cells(evals: Sequence[Evaluation]) -> pd.DataFrame:
     out = []
     for e in evals:
         rec = {"model": e.model, "method": e.method, "language": e.language, **e.table2_cells()}
-        for m in TABLE2_METRICS:
-            ci = e.summary.get("ci", {}).get(m, {})
+        for m in TABLE2_METRICS:          # no point estimate (the noise floor's QA-F1): no interval either
+            ci = e.summary.get("ci", {}).get(m, {}) if np.isfinite(rec[m]) else {}
             rec[f"{m}_low"], rec[f"{m}_high"] = ci.get("low", np.nan), ci.get("high", np.nan)
         out.append(rec)
     return pd.DataFrame(out)
@@ -1029,7 +1118,8 @@ def write_run_outputs(cfg, evals: Sequence[Evaluation]) -> list[Path]:
     return out
 
 # %% ../nbs/07_metrics.ipynb #d21f0f68
-METRICS_SECTIONS = ("profile", "seed", "models", "metrics")   # config sections the metrics stage depends on
+# config sections the metrics stage depends on (features: the generated answers' extractor and LM scorer)
+METRICS_SECTIONS = ("profile", "seed", "models", "features", "metrics")
 
 
 def references_path(cfg) -> Path:
@@ -1042,13 +1132,14 @@ def references_path(cfg) -> Path:
 
 
 def human_feature_matrix(cfg, test: pd.DataFrame) -> tuple[np.ndarray, list[str]] | None:
-    "The human answers' features from `features/test.parquet` in `test` row order (None: it lacks a row or column)."
+    """The human answers' features (every feature the run extracts, LM ones included) from `features/test.parquet` in
+    `test` row order (None: it lacks a row or column)."""
     from polyalign.core import read_parquet
-    from polyalign.features import extract_features
+    from polyalign.features import feature_names
     p = run_path(cfg, "features", "test.parquet")
     if not p.exists(): return None
     df = read_parquet(p)
-    names = list(extract_features(["x"], ["en"]).names)
+    names = feature_names(cfg)
     if "id" not in df.columns or not set(names) <= set(df.columns) or not set(test["id"]) <= set(df["id"]): return None
     df = df.set_index("id").loc[test["id"], names]
     return df.to_numpy(dtype=np.float64), names

@@ -469,8 +469,9 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
 
 # %% ../nbs/11_reproduce.ipynb #b1da046b
 # Table 7 rows that each stage's training accounts for (the paper labels the preference runs "<label> policy")
-_TABLE7_STAGES = {"sft": tuple(METHODS[m].label for m in methods_for("sft")), "critic": ("HDPO critic",),
-                  "preference": tuple(f"{METHODS[m].label} policy" for m in methods_for("preference"))}
+_TABLE7_STAGES = {"sft": tuple(METHODS[m].label for m in methods_for("sft", paper_only=True)),
+                  "critic": ("HDPO critic",),
+                  "preference": tuple(f"{METHODS[m].label} policy" for m in methods_for("preference", paper_only=True))}
 
 
 def paper_minutes(cfg: RunConfig, stage: str) -> float | None:

@@ -223,13 +223,14 @@ def training_numbers(trainer, res: dict, init: str) -> dict:
 def sft(s: Smoke, method: str) -> dict:
     "Train `method` (full_sft or bucket_sft) for `SFT_STEPS`, stopped after `RESUME_STEP` and resumed."
     import math
-    from polyalign.bucket_sft import BUCKET_WEIGHTED, load_tokenizer, make_sft_trainer, sft_examples
+    from dataclasses import asdict
+    from polyalign.bucket_sft import SFT_OBJECTIVE, load_tokenizer, make_sft_trainer, sft_examples
     from polyalign.train import max_length_for, run_training
     base, out = s.model("chatml"), s.work / "checkpoints" / method
     dataset = sft_examples(s.cfg, load_tokenizer(base), s.split("train"), LANGUAGE, model="tiny")
 
     def train(stop: int | None):
-        tr = make_sft_trainer(base, dataset, s.cfg.sft, out, weighted=BUCKET_WEIGHTED[method], seed=s.cfg.seed,
+        tr = make_sft_trainer(base, dataset, s.cfg.sft, out, **asdict(SFT_OBJECTIVE[method]), seed=s.cfg.seed,
                               max_length=max_length_for(s.cfg.sft, "tiny", LANGUAGE), **train_options(SFT_STEPS))
         if stop: tr.add_callback(stop_after(stop))
         return tr, run_training(tr, out, s.cfg.sft.examples_per_step, f"smoke/{method}")

@@ -1,5 +1,8 @@
 """Bucket-SFT trainer: Eq. 1 by hand, gradient-accumulation invariance, fp32 weights under bf16, resume, bad input;
+the three SFT objectives (Full-SFT = Eq. 1 with w = 1, Bucket-SFT, TRL's token mean) by value;
 the shared trainer layer (per-example columns, arguments, LoRA); the stage helpers."""
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +10,13 @@ from datasets import Dataset
 from hypothesis import given, settings, strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from polyalign.bucket_sft import (BUCKET_WEIGHTED, BucketSFTConfig, BucketSFTTrainer, ExtraColumnsCollator,
-                                  bucket_masses, bucket_weights, example_weights, fit_train_records, lora_config,
-                                  macro_risk, make_sft_trainer, per_example_token_nll, sft_arguments, sft_dataset,
-                                  training_summary, weighted_risk)
-from polyalign.core import ConfigError, PreferenceConfig, SFTStageConfig, TinyModelSpec, methods_for
+from polyalign.bucket_sft import (SFT_OBJECTIVE, BucketSFTConfig, BucketSFTTrainer, ExtraColumnsCollator,
+                                  SFTObjective, bucket_masses, bucket_weights, example_weights, fit_train_records,
+                                  lora_config, macro_risk, make_sft_trainer, per_example_token_nll, sft_arguments,
+                                  sft_dataset, sft_trainer, training_summary, weighted_risk)
+from polyalign.core import ConfigError, PreferenceConfig, SFTStageConfig, TinyModelSpec, load_config, methods_for
 from polyalign.tiny import build_tiny
+from polyalign.train import TrainJob
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +148,12 @@ def test_long_context_is_cut_so_the_answer_is_trained(tiny, tmp_path):
     assert recs[0]["context"].endswith(kept) and 0 < len(kept) < len(recs[0]["context"])   # cut from the left
     assert kept.endswith("sentence299 of the passage.") and fitted[0]["question"] == recs[0]["question"]
     sft = SFTStageConfig(max_length=256, per_device_batch_size=2, examples_per_step=2)
-    for weighted in (False, True):
-        raw = make_sft_trainer(d, sft_dataset(recs, render), sft, tmp_path / f"raw-{weighted}", weighted=weighted,
-                               seed=0)
-        cut = make_sft_trainer(d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{weighted}", weighted=weighted,
-                               seed=0)
-        # uncut, the answer lies past max_length and the example is dropped (and counted, by both trainers alike)
-        assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), weighted
+    for method in methods_for("sft"):
+        objective = asdict(SFT_OBJECTIVE[method])
+        raw = make_sft_trainer(d, sft_dataset(recs, render), sft, tmp_path / f"raw-{method}", seed=0, **objective)
+        cut = make_sft_trainer(d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{method}", seed=0, **objective)
+        # uncut, the answer lies past max_length and the example is dropped (and counted, by every trainer alike)
+        assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), method
     with pytest.raises(ValueError, match="answer_share"):
         fit_train_records(recs, tok, render, max_length=128, answer_share=1.5)
 
@@ -238,8 +241,137 @@ def test_one_argument_builder_and_one_lora_builder_for_both_stages(tmp_path):
     assert ls.target_modules == lp.target_modules == "all-linear" and ls.task_type == lp.task_type
 
 
-def test_weighting_flag_covers_exactly_the_sft_methods():
-    assert set(BUCKET_WEIGHTED) == set(methods_for("sft")) and sum(BUCKET_WEIGHTED.values()) == 1
+def test_sft_objective_covers_exactly_the_sft_methods():
+    assert tuple(sorted(SFT_OBJECTIVE)) == tuple(sorted(methods_for("sft")))
+    assert SFT_OBJECTIVE["full_sft"] == SFTObjective("per_example", weighted=False)
+    assert SFT_OBJECTIVE["bucket_sft"] == SFTObjective("per_example", weighted=True)
+    assert SFT_OBJECTIVE["full_sft_trl"] == SFTObjective("trl", weighted=False)
+    with pytest.raises(ValueError, match="no per-example weights"):
+        SFTObjective("trl", weighted=True)
+    with pytest.raises(ConfigError, match="not an SFT method"):
+        sft_trainer(load_config("tiny"), TrainJob("sft", "tiny", "dpo", "en", init="-", output_dir="-"), toy(2))
+
+
+# The three SFT objectives, each built as the `sft` stage builds it (`sft_trainer` from the method's name), on one
+# micro-batch holding the whole set, checked by value against NLLs computed here from the model's logits. The model has
+# learnt the long answers' pattern, so a short unfamiliar answer has a much higher token-mean NLL than the long ones and
+# the two reductions differ by far more than the tolerances (an untrained model's NLL is ~log V on every token).
+
+@pytest.fixture(scope="module")
+def taught(tiny, tmp_path_factory):
+    "The tiny model after 15 Adam steps on '答 answer' repeated, saved with its tokenizer."
+    d, tok = tiny
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = tok("答 answer " * 24, return_tensors="pt")["input_ids"]
+    for _ in range(15):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    out = tmp_path_factory.mktemp("taught")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out, tok
+
+
+UNEVEN = [0.3, 2.5, 1.7, 0.9]   # bucket weights far from 1: Full-SFT must ignore them
+
+
+def mixed(weights=UNEVEN):
+    "A short unfamiliar answer and three long familiar ones."
+    answers = ["问题很难，不知道。", *(("答 answer " * k).strip() for k in (2, 4, 7))]
+    return Dataset.from_list([{"id": f"t{i}", "weight": float(weights[i]),
+                               "prompt": [{"role": "system", "content": "zh|multi|chat"},
+                                          {"role": "user", "content": f"问题 {i}：what is {i}?"}],
+                               "completion": [{"role": "assistant", "content": a}]} for i, a in enumerate(answers)])
+
+
+def method_trainer(tiny, method, ds, out, per_device=None):
+    "The trainer the `sft` stage builds for `method`; one optimiser step covers the whole of `ds`."
+    d, _ = tiny
+    n = per_device or len(ds)
+    cfg = load_config("tiny", [f"run_dir={out}", f"sft.per_device_batch_size={n}", f"sft.examples_per_step={len(ds)}",
+                               "sft.max_length=160", "sft.lora=false", "sft.bf16=false"])
+    return sft_trainer(cfg, TrainJob("sft", "tiny", method, "en", init=str(d), output_dir=str(out / method)), ds)
+
+
+def collate(tr, rows):
+    return tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in rows]))
+
+
+def token_nll(model, batch):
+    "Per-example summed answer-token NLL and answer-token count T_i, from the full logits (float64, with autograd)."
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    labels = batch["labels"][:, 1:]
+    supervised = labels != -100
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return -(lp * supervised).sum(1), supervised.sum(1)
+
+
+def test_full_sft_loss_is_the_mean_of_per_example_token_means(taught, tmp_path):
+    "(a) Full-SFT: (1/|M|) Σ_i ℓ_i with ℓ_i each answer's token mean, not TRL's token mean over the batch."
+    tr = method_trainer(taught, "full_sft", mixed(), tmp_path)
+    assert isinstance(tr, BucketSFTTrainer) and tr.train_dataset["weight"] == [1.0] * 4
+    batch = collate(tr, range(4))
+    with torch.no_grad():
+        nll, T = token_nll(tr.model, batch)
+    assert len(set(T.tolist())) == 4                                  # answers of 4 different lengths
+    per_example, token_mean = float((nll / T).mean()), float(nll.sum() / T.sum())
+    assert abs(per_example - token_mean) > 0.05 * per_example         # the two reductions differ here
+    loss = tr.compute_loss(tr.model, dict(batch)).item()
+    assert loss == pytest.approx(per_example, rel=1e-5)
+    assert loss != pytest.approx(token_mean, rel=1e-3)
+
+
+def test_full_sft_trl_loss_is_the_token_mean_over_the_batch(taught, tmp_path):
+    "(b) Full-SFT (TRL loss): TRL's stock loss, Σ_i T_i ℓ_i / Σ_i T_i, so a long answer counts once per token."
+    tr = method_trainer(taught, "full_sft_trl", mixed(), tmp_path)
+    assert type(tr).__name__ == "SFTTrainer" and "weight" not in tr.train_dataset.column_names
+    batch = collate(tr, range(4))
+    with torch.no_grad():
+        nll, T = token_nll(tr.model, batch)
+    per_example, token_mean = float((nll / T).mean()), float(nll.sum() / T.sum())
+    assert abs(per_example - token_mean) > 0.05 * per_example
+    loss = tr.compute_loss(tr.model, dict(batch)).item()
+    assert loss == pytest.approx(token_mean, rel=1e-5)
+    assert loss != pytest.approx(per_example, rel=1e-3)
+
+
+def test_bucket_sft_with_unit_weights_is_full_sft(taught, tmp_path):
+    "(c) Bucket-SFT and Full-SFT differ only in w: with every weight 1 the losses agree; with the weights they don't."
+    full = method_trainer(taught, "full_sft", mixed(), tmp_path)
+    unit = method_trainer(taught, "bucket_sft", mixed([1.0] * 4), tmp_path / "unit")
+    weighted = method_trainer(taught, "bucket_sft", mixed(), tmp_path / "weighted")
+    losses = [tr.compute_loss(tr.model, dict(collate(tr, range(4)))).item() for tr in (full, unit, weighted)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert losses[2] != pytest.approx(losses[0], rel=1e-3)
+    args = [{k: v for k, v in tr.args.to_dict().items() if not k.endswith("_dir")} for tr in (full, unit)]
+    assert type(full) is type(unit) and args[0] == args[1]          # the same trainer and arguments
+
+
+@pytest.mark.parametrize("method", ["full_sft", "bucket_sft", "full_sft_trl"])
+def test_an_accumulated_step_follows_the_objective(taught, tmp_path, method):
+    """One optimiser step of 2 micro-batches x 2 examples, through the Trainer's own training_step (its accumulation
+    scaling and TRL's `num_items_in_batch`), has the gradient of the method's objective over all 4 examples."""
+    tr = method_trainer(taught, method, mixed(), tmp_path, per_device=2)
+    assert tr.args.gradient_accumulation_steps == 2
+    model = tr.model.train()
+    micro = [collate(tr, [0, 1]), collate(tr, [2, 3])]
+    n_items = tr._get_num_items_in_batch(micro, tr.args.device)
+    tr.current_gradient_accumulation_steps = 2
+    model.zero_grad()
+    for b in micro:
+        tr.training_step(model, dict(b), n_items)
+    step = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    nll, T = token_nll(model, collate(tr, range(4)))
+    w = torch.tensor(UNEVEN if method == "bucket_sft" else [1.0] * 4, dtype=torch.float64)
+    objective = (w * nll / T).mean() if method != "full_sft_trl" else nll.sum() / T.sum()
+    objective.backward()
+    assert max(float(v.abs().max()) for v in step.values()) > 1e-3
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(step[k], p.grad.to(step[k].dtype), rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_training_summary_reads_training_parts_only():

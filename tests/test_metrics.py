@@ -153,10 +153,11 @@ def test_bng_rejects_nan_gaps_and_infinities():
 def test_bng_eps_floor_and_robust_scale():
     H = np.zeros((30, 1)); H[0, 0] = 1e-9       # sigma ~ 1.8e-10: the authors would divide by it
     G = H + 0.01
-    r = bng(G, H, ["b"] * 30, ["f"], eps=1e-3)
+    r = bng(G, H, ["b"] * 30, ["f"], eps=1e-3, held_out_constant="eps")
     assert r.overall_macro == pytest.approx(0.01 / 1e-3)
-    assert bng(G, H, ["b"] * 30, ["f"], references={"eligible": {"b": True}, "constant": {"b": ["f"]}}).by_bucket.reason[0] == "no features"
-    rb = bng(G, H, ["b"] * 30, ["f"], scale="robust")
+    assert bng(G, H, ["b"] * 30, ["f"]).by_bucket.reason[0] == "no features"   # no train scale: left out
+    assert bng(G, H, ["b"] * 30, ["f"], references={"constant": {"b": ["f"]}}).by_bucket.reason[0] == "no features"
+    rb = bng(G, H, ["b"] * 30, ["f"], scale="robust", held_out_constant="eps")
     assert rb.overall_macro == pytest.approx(10.0)
 
 
@@ -164,7 +165,7 @@ def test_bng_macro_is_the_plain_mean_over_buckets_of_different_sizes():
     "BNG-macro is the unweighted bucket mean of App. D's BNG(b): W1/max(sigma, eps), constant and NaN features out."
     from scipy.stats import wasserstein_distance
     rng = np.random.default_rng(7)
-    sizes = {"a": 20, "b": 50, "c": 19}                  # c has fewer than min_bucket_size rows
+    sizes = {"a": 20, "b": 50, "c": 19}                  # c has fewer than min_bucket_size held-out answers
     buckets = np.repeat(list(sizes), list(sizes.values()))
     H = rng.normal(size=(len(buckets), 5)) * [1.0, 3.0, 1.0, 2.0, 1.0]
     G = H + rng.normal(size=H.shape) + np.where(buckets == "b", 2.0, 0.3)[:, None]
@@ -173,14 +174,15 @@ def test_bng_macro_is_the_plain_mean_over_buckets_of_different_sizes():
     H[a_rows, 2] = 4.0; H[a_rows[0], 2] = 4.0 + 1e-6     # sigma ~ 2e-7 in a: divided by eps = 1e-3 instead
     G[a_rows, 2] = 4.002
     H[buckets == "b", 4] = G[buckets == "b", 4] = np.nan  # f4 does not apply in b
-    refs = {"eligible": {"a": True, "b": True, "c": True}, "constant": {"b": ["f3"]}}
+    refs = {"constant": {"b": ["f3"]}}
     used = {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2]}        # b: f3 constant in the references, f4 not applicable
     want = {}
     for b, cols in used.items():
         sel = buckets == b
         gaps = [wasserstein_distance(G[sel, k], H[sel, k]) / max(np.std(H[sel, k]), 1e-3) for k in cols]
         want[b] = sum(gaps) / len(gaps)
-    r = bng(G, H, buckets, ["f0", "f1", "f2", "f3", "f4"], references=refs, eps=1e-3, min_bucket_size=20)
+    r = bng(G, H, buckets, ["f0", "f1", "f2", "f3", "f4"], references=refs, eps=1e-3, min_bucket_size=20,
+            held_out_constant="eps")
     bb = r.by_bucket.set_index("bucket_id")
     assert bb["eligible"].to_dict() == {"a": True, "b": True, "c": False}
     assert bb["n_features"].to_dict() == {"a": 5, "b": 3, "c": 5}
@@ -336,9 +338,112 @@ def test_metrics_stage_records_one_part_and_skips_when_current(tmp_path, monkeyp
     cfg = load_config("tiny", [f"run_dir={tmp_path}"])
     result = metrics.metrics_stage(cfg)
     rec = read_manifest(tmp_path)["stages"]["metrics"]
-    assert list(result.records) == ["metrics"] and rec["sections"] == ["profile", "seed", "models", "metrics"]
+    assert list(result.records) == ["metrics"]
+    assert rec["sections"] == ["profile", "seed", "models", "features", "metrics"]
     assert list(rec["inputs"]) == ["data/test.parquet", "features/references.parquet", "predictions/tiny/cot.jsonl"]
     assert (result.rows_in, result.rows_out) == (3, 2) and result.outputs == [tmp_path / "tables" / "table2_main.md"]
     assert metrics.metrics_stage(cfg).records["metrics"]["last_action"] == "skipped" and len(calls) == 1
     write_jsonl(tmp_path / "predictions" / "tiny" / "hdpo.jsonl", [{"id": "a", "prediction": "y"}])
     assert metrics.metrics_stage(cfg).records["metrics"]["last_action"] == "ran" and len(calls) == 2
+
+
+# --- BNG's held-out-constant rule, the one eligibility rule, the noise floor, the generated answers' features ---
+
+def _rare_feature_halves(n=40, seed=0):
+    "Two halves of a human bucket: f2 (a rare count, e.g. ordinals) is 0 everywhere in half B and once 1 in half A."
+    X = np.random.default_rng(seed).normal(size=(n, 3))
+    X[:, 2] = 0.0; X[3, 2] = 1.0
+    return X[: n // 2], X[n // 2:]
+
+
+def test_bng_feature_constant_in_the_held_out_bucket_is_scaled_by_the_train_std():
+    from scipy.stats import wasserstein_distance
+    A, B = _rare_feature_halves()
+    refs = {"std": {"b": {"f0": 1.0, "f1": 1.0, "f2": 0.2}}}
+    run = lambda rule: bng(A, B, ["b"] * 20, ["f0", "f1", "f2"], references=refs, held_out_constant=rule,
+                           held_out={"b": 40}).by_bucket.iloc[0]
+    base = [wasserstein_distance(A[:, k], B[:, k]) / np.std(B[:, k]) for k in (0, 1)]
+    assert run("train_std").bng == pytest.approx(np.mean(base + [(1 / 20) / 0.2]), rel=1e-9)
+    assert run("exclude").bng == pytest.approx(np.mean(base), rel=1e-9)
+    assert run("eps").bng == pytest.approx(np.mean(base + [(1 / 20) / 1e-3]), rel=1e-9)
+    assert run("train_std").bng < 1 < 10 < run("eps").bng     # a human sample stays near the floor only with a scale
+    assert (run("train_std").n_held_out_constant, run("exclude").n_features) == (1, 2)
+
+
+def test_one_eligibility_rule_held_out_answers_for_bng_c_mauve_and_tdm():
+    "A bucket is scored by BNG, C-MAUVE and TDM alike when it has min_bucket_size held-out answers, whatever train had."
+    fr, G, H, Ge, He = _frame(n=30)
+    sub = np.r_[0:12, 30:60]                          # 12 rows of the qa bucket scored, all 30 of the dialogue bucket
+    f, g, h, ge, he = fr.iloc[sub].reset_index(drop=True), G[sub], H[sub], Ge[sub], He[sub]
+    cfg = MetricsConfig(bootstrap_samples=0)
+    qa, dia = "zh|single|qa|short", "zh|multi|dialogue|short"
+
+    def scored(held):
+        s = evaluate(f, g, h, list("abcd"), ge, he, mcfg=cfg, held_out=held).summary
+        return ({r["bucket_id"] for r in s["bng"]["by_bucket"] if r["eligible"]},
+                {r["bucket_id"] for r in s["mauve"]["by_bucket"]}, {r["bucket_id"] for r in s["tdm"]["by_bucket"]})
+    assert scored(None) == ({dia}, {dia}, {dia})                        # 12 rows and no held-out counts: too few
+    assert scored({qa: 30, dia: 30}) == ({qa, dia}, {qa, dia}, {dia})   # TDM: multi-turn buckets only
+    assert scored({qa: 19, dia: 19}) == (set(), set(), set())
+
+
+def test_noise_floor_halves_are_disjoint_seeded_and_stay_in_their_bucket():
+    from polyalign.metrics import noise_floor_frame, noise_floor_pairs
+    fr = _frame(n=31)[0]
+    a, b = noise_floor_pairs(fr, seed=5)
+    assert len(a) == len(b) == 30 and not set(a) & set(b)
+    assert (fr["bucket_id"].to_numpy()[a] == fr["bucket_id"].to_numpy()[b]).all()
+    assert noise_floor_pairs(fr, seed=5)[0].tolist() == a.tolist() != noise_floor_pairs(fr, seed=6)[0].tolist()
+    nf, a2, b2 = noise_floor_frame(fr, seed=5)
+    assert nf["prediction"].tolist() == fr["human_answer"].to_numpy()[a].tolist()
+    assert nf["id"].tolist() == fr["id"].to_numpy()[b].tolist()
+
+
+def test_noise_floor_tdm_pairs_each_answer_with_its_own_question(monkeypatch):
+    "evaluate hands TDM the questions the predictions answer (`prediction_question`), and TDM uses them."
+    import polyalign.metrics as metrics
+    from polyalign.metrics import noise_floor_frame, tdm
+    fr = _frame(n=40)[0]
+    nf, a, b = noise_floor_frame(fr, seed=0)
+    seen = {}
+    real = metrics.tdm
+    monkeypatch.setattr(metrics, "tdm", lambda *args, **kw: seen.setdefault("args", args) and real(*args, **kw))
+    evaluate(nf, mcfg=MetricsConfig(bootstrap_samples=0), noise_floor=True)
+    multi = (nf["track"] == "multi").to_numpy()
+    assert seen["args"][0] == nf["question"][multi].tolist()                 # the reference side: half B's questions
+    assert seen["args"][8] == nf["prediction_question"][multi].tolist()      # the predictions' own: half A's
+    q, h = fr["question"].tolist(), fr["human_answer"].tolist()
+    perm = np.random.default_rng(1).permutation(len(q))
+    same = tdm(q, h, [h[i] for i in perm], ["x"] * len(q), "zh", gen_questions=[q[i] for i in perm])
+    assert same["overall_macro"] == pytest.approx(1.0, abs=1e-9)         # the same pairs in another order
+
+
+def test_noise_floor_has_no_qa_f1_and_uses_human_utility_for_nuf():
+    fr, G, H, Ge, He = _frame()
+    e = evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=MetricsConfig(bootstrap_samples=20), noise_floor=True)
+    assert math.isnan(e.table2_cells()["qa_f1"]) and e.summary["utility"]["overall"]["qa_f1"] == 1.0
+    assert (e.buckets["f1"] == 1.0).all()
+    from polyalign.metrics import table2_cells
+    assert math.isnan(table2_cells([e]).loc[0, "qa_f1_low"])
+
+
+def test_generated_answers_get_the_references_lm_features(monkeypatch):
+    "default_extract runs the features stage's LM scorer with the same conditioning prefix as the human answers."
+    import polyalign.features as features
+    from polyalign.core import RunConfig
+    from polyalign.metrics import default_extract
+    seen = {}
+
+    class FakeScorer:
+        def score(self, texts, prompts=None, ids=None):
+            seen["prompts"] = list(prompts)
+            return features.FeatureMatrix(np.ones((len(texts), len(features.LM_FEATURE_NAMES)), np.float32),
+                                          list(features.LM_FEATURE_NAMES), ids)
+    monkeypatch.setattr(features, "feature_scorer", lambda cfg: FakeScorer() if cfg.features.lm_features else None)
+    cfg = RunConfig(run_dir="unused"); cfg.features.lm_features = True
+    fr = _frame(n=3)[0].assign(context=["ctx"] * 6, dialogue_history=[None] * 6)
+    values, names = default_extract(cfg)(fr["prediction"].tolist(), fr)
+    assert names == features.feature_names(cfg) and values.shape == (6, len(names))
+    assert seen["prompts"] == features.lm_prompts(fr)
+    cfg.features.lm_features = False
+    assert default_extract(cfg)(fr["prediction"].tolist(), fr)[1] == features.TEXT_FEATURE_NAMES

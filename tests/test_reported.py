@@ -19,7 +19,7 @@ TABLE2_EXCERPT = REPORTED / "paper_table2_excerpt.txt"   # the paper's Table 2 t
 TEXT_COLUMNS = {"situation", "track", "runtime"}
 
 MODELS = {"Qwen2.5-1.5B", "Gemma-2-2B", "Qwen2.5-3B", "Llama-3.2-3B"}
-LABELS = {m.label for m in METHODS.values()}   # the paper's six method labels
+LABELS = {m.label for m in METHODS.values() if m.paper}   # the paper's six method labels
 
 # file -> (n_rows, columns, identifier columns)
 SPECS = {
