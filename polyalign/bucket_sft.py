@@ -361,15 +361,16 @@ def fit_train_records(records: Sequence[Mapping], # train records
     `min(answer tokens, answer_share · max_length)` answer tokens within `max_length`. Without it the trainer's right
     truncation cuts the answer away behind a long context and the example is dropped. Returns the records (cut copies
     where needed) and how many were cut."""
-    from polyalign.generate import fit_prompt
+    from polyalign.generate import answer_suffix, fit_prompt
     if not 0 < answer_share < 1: raise ValueError(f"answer_share must lie in (0, 1), got {answer_share}")
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    suffix = max(count(answer_suffix(tokenizer)), 1)       # the end of turn (and newline) after the answer
     build = lambda rec: tokenizer.apply_chat_template(render(rec), tokenize=False, add_generation_prompt=True)
     texts = [str(r["human_answer"]) for r in records] if answers is None else list(answers)
     if len(texts) != len(records): raise ValueError(f"{len(texts)} answers for {len(records)} records")
     out, n_cut = [], 0
     for r, answer in zip(records, texts):
-        room = min(count(answer) + 1, int(answer_share * max_length))   # + the end-of-turn token
+        room = min(count(answer) + suffix, int(answer_share * max_length))
         p = fit_prompt(r, build, count, max_length - room)
         out.append(p.record); n_cut += p.truncated
     return out, n_cut

@@ -25,12 +25,12 @@ from .core import (METHODS, ConfigError, GenerateConfig, StageResult, append_jso
 # %% auto #0
 __all__ = ['ROLE_NAMES', 'STYLE_GUIDANCE', 'COT_INSTRUCTION', 'PLAIN_STOPS', 'COT_STOPS', 'STOP_STRINGS', 'GENERATE_SECTIONS',
            'FrequencyPresencePenalty', 'cot_instruction', 'plain_prompt', 'Prompt', 'fit_prompt', 'encode_prompts',
-           'parse_cot', 'end_of_turn_token', 'stop_token_ids', 'adds_bos', 'encode_prompt', 'sampling_kwargs',
-           'vllm_sampling_kwargs', 'vllm_engine_kwargs', 'vllm_json_params', 'shard', 'finish_answer', 'HFGenerator',
-           'VLLMGenerator', 'prompt_builder', 'done_ids', 'generate', 'prediction_path', 'method_checkpoint',
-           'make_generator', 'generate_method', 'generate_with', 'generation_result', 'shard_files', 'merge_shards',
-           'engine_devices', 'generate_in_workers', 'generation_part', 'generate_stage', 'generation_summary',
-           'run_worker', 'main']
+           'parse_cot', 'answer_suffix', 'end_of_turn_token', 'stop_token_ids', 'adds_bos', 'encode_prompt',
+           'sampling_kwargs', 'vllm_sampling_kwargs', 'vllm_engine_kwargs', 'vllm_json_params', 'shard',
+           'finish_answer', 'HFGenerator', 'VLLMGenerator', 'prompt_builder', 'done_ids', 'generate', 'prediction_path',
+           'method_checkpoint', 'make_generator', 'generate_method', 'generate_with', 'generation_result',
+           'shard_files', 'merge_shards', 'engine_devices', 'generate_in_workers', 'generation_part', 'generate_stage',
+           'generation_summary', 'run_worker', 'main']
 
 # %% ../nbs/06_generate.ipynb #6124e7a9
 from transformers import LogitsProcessor
@@ -204,15 +204,19 @@ def _special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
 
 
-def end_of_turn_token(tokenizer) -> str | None:
-    "The special token a chat template writes right after an assistant answer, or None (no template, or none there)."
+def answer_suffix(tokenizer) -> str:
+    "The text a chat template writes right after an assistant answer (its end of turn, often a newline); '' if none."
     from polyalign.data import template_messages
-    if not getattr(tokenizer, "chat_template", None): return None
+    if not getattr(tokenizer, "chat_template", None): return ""
     msgs = template_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], tokenizer)
     text = tokenizer.apply_chat_template(msgs, tokenize=False)
     at = text.rfind(_PROBE)
-    if at < 0: return None
-    tail = tokenizer(text[at + len(_PROBE):], add_special_tokens=False)["input_ids"]
+    return text[at + len(_PROBE):] if at >= 0 else ""
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    "The special token a chat template writes right after an assistant answer, or None (no template, or none there)."
+    tail = tokenizer(answer_suffix(tokenizer), add_special_tokens=False)["input_ids"]
     return tokenizer.convert_ids_to_tokens(tail[0]) if tail and tail[0] in _special_ids(tokenizer) else None
 
 

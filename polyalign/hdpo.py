@@ -24,11 +24,13 @@ from .generate import generation_part, method_checkpoint, prediction_path
 
 # %% auto #0
 __all__ = ['PAIR_TYPE_BIAS', 'PMode', 'P_MODES', 'PAIR_COLUMNS', 'IGNORED_DPO_OPTIONS', 'PREFERENCE_SECTIONS', 'HDPO_OBJECTIVE',
-           'build_pairs', 'PairWeightConfig', 'rarity', 'PairWeightTables', 'raw_pair_weights', 'fit_pair_weights',
-           'hdpo_loss', 'HDPOConfig', 'HDPOTrainer', 'preference_arguments', 'make_preference_trainer',
-           'answer_policies', 'policy_answers', 'answer_rows', 'pair_path', 'sample_pairs', 'critic_scores',
-           'fit_pair_prompts', 'write_pairs', 'pair_dataset', 'preference_trainer', 'preference_part',
-           'train_preference', 'preference_predictions', 'check_prediction_ids', 'preference_stage']
+           'FIXED_P_MODE', 'SHARED_PAIRS', 'build_pairs', 'PairWeightConfig', 'rarity', 'PairWeightTables',
+           'raw_pair_weights', 'fit_pair_weights', 'hdpo_loss', 'HDPOConfig', 'check_whole_pairs', 'WholePairsMixin',
+           'PairDPOTrainer', 'HDPOTrainer', 'preference_arguments', 'make_preference_trainer', 'method_p_mode',
+           'pair_method', 'answer_policies', 'policy_answers', 'answer_rows', 'pair_path', 'sample_pairs',
+           'critic_scores', 'pair_tokens', 'fit_pair_prompts', 'prepare_pairs', 'write_pairs', 'pair_dataset',
+           'preference_trainer', 'preference_part', 'train_preference', 'preference_predictions',
+           'check_prediction_ids', 'preference_stage']
 
 # %% ../nbs/05_hdpo.ipynb #ddfe8a3d
 PAIR_TYPE_BIAS = {"global": 0.0, "local": 0.5, "distribution": 1.0}
@@ -155,7 +157,7 @@ def hdpo_loss(chosen_logps,             # summed policy log-probs of the chosen 
               *,
               beta: float = 0.1,        # DPO β, also the scale inside p
               hdpo_lambda: float = 0.1, # λ_hd, the regulariser's weight
-              p_mode: PMode = "margin", # how Δπ enters p (see above)
+              p_mode: PMode = "summed", # how Δπ enters p (see above)
               chosen_lengths=None,      # completion tokens per chosen answer (`length_normalized` only)
               rejected_lengths=None,    # ... per rejected answer
              ):
@@ -192,16 +194,16 @@ class HDPOConfig(DPOConfig):
         hdpo_lambda (`float`, *optional*, defaults to `0.1`):
             λ_hd, the weight of the regulariser R = p s⁺ + (1 − p) s⁻ beside the sigmoid DPO term. Finite and ≥ 0;
             0 gives pair-weighted sigmoid DPO.
-        p_mode (`str`, *optional*, defaults to `"margin"`):
-            How Δπ enters p = σ(β Δπ): `"margin"` (the reference-adjusted DPO margin), `"summed"` (Eq. 9 as printed:
-            summed policy log-probs, which saturates for answers of different lengths) or `"length_normalized"`
-            (per-token mean policy log-probs).
+        p_mode (`str`, *optional*, defaults to `"summed"`):
+            How Δπ enters p = σ(β Δπ): `"summed"` (Eq. 9 as printed: summed policy log-probs, which saturates for
+            whole answers), `"margin"` (the reference-adjusted DPO margin) or `"length_normalized"` (per-token mean
+            policy log-probs).
 
     `beta` (DPO β, also the scale inside p) must be finite and > 0. The `DPOConfig` options listed in
     `IGNORED_DPO_OPTIONS` must keep their defaults; any other value is an error rather than a silent no-op.
     """
     hdpo_lambda: float = field(default=0.1, metadata={"help": "λ_hd, the weight of the critic regulariser (>= 0)."})
-    p_mode: PMode = field(default="margin", metadata={"help": "How Δπ enters p: margin, summed or length_normalized."})
+    p_mode: PMode = field(default="summed", metadata={"help": "How Δπ enters p: summed, margin or length_normalized."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -216,9 +218,41 @@ class HDPOConfig(DPOConfig):
             raise ConfigError(f"HDPOConfig: the HDPO loss (sigmoid DPO + λ_hd R) ignores {', '.join(bad)}; "
                               f"leave these DPOConfig options at their defaults")
 
+# %% ../nbs/05_hdpo.ipynb #3e321aaa
+from datasets import Dataset
+
+
+def check_whole_pairs(tokenized,            # a dataset after TRL's tokenisation (prompt_ids, chosen_ids, rejected_ids)
+                      n_in: int,            # how many pairs were given to the trainer
+                      max_length,           # the trainer's max_length (None: no limit)
+                      name: str = "train",  # the dataset's name, for the message
+                     ) -> int:
+    """Every pair reached the trainer whole: TRL dropped none and none is longer than `max_length` (where the collator
+    would cut it). Returns the longest sequence, prompt + the longer answer; raises ValueError otherwise."""
+    cols = (tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"])
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(*cols)]
+    over = sum(n > max_length for n in lengths) if max_length is not None else 0
+    if over or len(lengths) != n_in:
+        raise ValueError(f"{name}: TRL dropped {n_in - len(lengths)} of {n_in} pairs and {over} are longer than "
+                         f"max_length={max_length} (they would be truncated); fit them first (`fit_pair_prompts`)")
+    return max(lengths, default=0)
+
+
+class WholePairsMixin:
+    "Refuse a preference dataset that TRL would drop pairs of or truncate (`check_whole_pairs`); list it before TRL's."
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        out = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if isinstance(dataset, Dataset): check_whole_pairs(out, len(dataset), args.max_length, dataset_name)
+        return out
+
+
+class PairDPOTrainer(WholePairsMixin, DPOTrainer):
+    "TRL's stock `DPOTrainer` (its loss unchanged) that refuses pairs it would drop or truncate."
+
 # %% ../nbs/05_hdpo.ipynb #1ee1dc9c
-class HDPOTrainer(ExtraColumnsMixin, DPOTrainer):
-    "DPOTrainer with the HDPO objective (Eq. 10): mean_i w_i (L_DPO,i + λ_hd R_i)."
+class HDPOTrainer(ExtraColumnsMixin, WholePairsMixin, DPOTrainer):
+    "DPOTrainer with the HDPO objective (Eq. 10): mean_i w_i (L_DPO,i + λ_hd R_i), on pairs that fit whole."
     loss_is_scaled_for_ga = False
     extra_columns = PAIR_COLUMNS
     positive_columns = ("weight",)
@@ -262,7 +296,7 @@ class HDPOTrainer(ExtraColumnsMixin, DPOTrainer):
             m[k].append(v)
 
 # %% ../nbs/05_hdpo.ipynb #31747e59
-from .bucket_sft import fit_train_records, load_causal_lm, load_tokenizer, lora_config, trainer_arguments
+from .bucket_sft import load_causal_lm, load_tokenizer, lora_config, trainer_arguments
 from .train import TrainJob, TrainingPart, max_length_for, train_parts
 
 
@@ -271,12 +305,13 @@ def preference_arguments(pref,         # the run config's `preference` section
                          *,
                          seed: int,    # the run seed
                          hdpo: bool,   # HDPO (True) or stock sigmoid DPO (False)
+                         p_mode: str | None = None,  # HDPO's p mode; None: `pref.p_mode` (see `method_p_mode`)
                          **options):   # `max_length`, `world` and further config fields, as in `trainer_arguments`
     "TRL arguments for DPO (`hdpo=False`: stock `DPOConfig`, sigmoid loss) or HDPO (`HDPOConfig`)."
     common = dict(beta=pref.beta, precompute_ref_log_probs=pref.precompute_ref_log_probs and not pref.lora, **options)
     if hdpo:
         return trainer_arguments(HDPOConfig, pref, output_dir, name="preference", seed=seed,
-                                 hdpo_lambda=pref.hdpo_lambda, p_mode=pref.p_mode, **common)
+                                 hdpo_lambda=pref.hdpo_lambda, p_mode=p_mode or pref.p_mode, **common)
     return trainer_arguments(DPOConfig, pref, output_dir, name="preference", seed=seed, loss_type=["sigmoid"], **common)
 
 
@@ -286,22 +321,36 @@ def make_preference_trainer(init_path,                         # the initial che
                             output_dir,                        # where checkpoints go
                             *,
                             hdpo: bool,                        # HDPO (True) or stock sigmoid DPO (False)
+                            p_mode: str | None = None,         # HDPO's p mode; None: `pref.p_mode`
                             seed: int,                         # the run seed
                             trust_remote_code: bool = False,   # as `models.trust_remote_code`
                             **options):                        # `max_length`, `world`, worker options
-    "Stock `DPOTrainer` (the pair columns are dropped) or `HDPOTrainer`; the reference is a frozen copy of `init_path`."
-    args = preference_arguments(pref, output_dir, seed=seed, hdpo=hdpo, **options)  # first: ZeRO-3 loads into shards
+    """Stock DPO (`PairDPOTrainer`; the pair columns are dropped) or `HDPOTrainer`; the reference is a frozen copy of
+    `init_path`. Either refuses pairs that do not fit `max_length` whole."""
+    args = preference_arguments(pref, output_dir, seed=seed, hdpo=hdpo, p_mode=p_mode, **options)  # first: ZeRO-3
     tok = load_tokenizer(init_path, trust_remote_code)
     load = partial(load_causal_lm, init_path, trust_remote_code=trust_remote_code)
     ref = None if (pref.lora or args.precompute_ref_log_probs) else load()
     if not hdpo: dataset = dataset.remove_columns([c for c in PAIR_COLUMNS if c in dataset.column_names])
-    cls = HDPOTrainer if hdpo else DPOTrainer
+    cls = HDPOTrainer if hdpo else PairDPOTrainer
     return cls(model=load(), ref_model=ref, args=args, train_dataset=dataset, processing_class=tok,
                peft_config=lora_config(pref))
 
 # %% ../nbs/05_hdpo.ipynb #fe78570d
 PREFERENCE_SECTIONS = ("seed", "models", "data", "features", "sft", "generate", "critic", "preference")
-HDPO_OBJECTIVE = {"dpo": False, "hdpo": True}  # preference method -> HDPO loss on critic-scored, weighted pairs
+HDPO_OBJECTIVE = {"dpo": False, "hdpo": True, "hdpo_margin": True}  # method -> HDPO loss on scored, weighted pairs
+FIXED_P_MODE = {"hdpo_margin": "margin"}  # HDPO methods whose p mode is fixed; the others take `preference.p_mode`
+SHARED_PAIRS = {"hdpo_margin": "hdpo"}    # methods that train on another method's pairs (same init and critic)
+
+
+def method_p_mode(pref, method: str) -> str | None:
+    "The p mode `method` trains with: its `FIXED_P_MODE`, else `pref.p_mode` for an HDPO method; None for DPO."
+    return FIXED_P_MODE.get(method, pref.p_mode) if HDPO_OBJECTIVE[method] else None
+
+
+def pair_method(method: str) -> str:
+    "The method whose pairs (`write_pairs`, `pair_path`) `method` trains on: itself, or its `SHARED_PAIRS` entry."
+    return SHARED_PAIRS.get(method, method)
 
 
 def answer_policies(methods: Sequence[str]) -> list[str]:
@@ -326,7 +375,8 @@ def answer_rows(cfg,         # the run config
                 train,       # the train split
                 lang: str,   # the language to take
                ) -> tuple[list[dict], list[dict]]:
-    "One language's train records that the policy answered (prompts too long are left out) and those answer rows."
+    """One language's train records that the policy answered (prompts too long to answer are left out; the pairs part
+    counts them as `unanswered`) and those answer rows."""
     recs = train[train.language == lang].to_dict("records")
     ids = {r["id"] for r in recs}
     rows = [r for r in read_jsonl(prediction_path(cfg.run_dir, model, policy, "train"))
@@ -340,8 +390,8 @@ def pair_path(cfg,          # the run config
               method: str,  # a preference method
               lang: str,    # the language
              ) -> Path:
-    "The pairs file of one preference part: `pairs/<model>/<method>-<lang>.jsonl`."
-    return run_path(cfg, "pairs", model_slug(model), f"{method}-{lang}.jsonl")
+    "The pairs file `method` trains on: `pairs/<model>/<pair_method(method)>-<lang>.jsonl`."
+    return run_path(cfg, "pairs", model_slug(model), f"{pair_method(method)}-{lang}.jsonl")
 
 
 def sample_pairs(pairs: list[dict], cap: int, seed: int) -> list[dict]:
@@ -356,61 +406,126 @@ def critic_scores(cfg,                    # the run config (features, critic)
                   pairs: Sequence[dict],  # pairs from `build_pairs`
                   records: Sequence[dict],# the train records they were built from (by id)
                  ) -> tuple[np.ndarray, np.ndarray]:
-    "s⁺, s⁻: the model's critic scores of each pair's chosen and rejected answer in its bucket."
+    "s⁺, s⁻: the model's critic scores of each pair's chosen and rejected answer in its bucket (NaN: bucket unknown)."
     from polyalign.critic import answer_features, load_critic, score_pairs
     from polyalign.features import feature_scorer
     critic, scorer = load_critic(cfg, model), feature_scorer(cfg)
-    by_id = {r["id"]: r for r in records}
-    prompts = [by_id[p["id"]] for p in pairs]
-    chosen = answer_features([p["chosen"][0]["content"] for p in pairs], prompts, cfg, scorer)
-    rejected = answer_features([p["rejected"][0]["content"] for p in pairs], prompts, cfg, scorer)
-    return score_pairs(critic, chosen, rejected, [p["bucket_id"] for p in pairs])
+    known = np.array([p["bucket_id"] in critic.buckets for p in pairs], dtype=bool)
+    s_plus, s_minus = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
+    pairs = [p for p, k in zip(pairs, known) if k]
+    if pairs:
+        by_id = {r["id"]: r for r in records}
+        prompts = [by_id[p["id"]] for p in pairs]
+        chosen = answer_features([p["chosen"][0]["content"] for p in pairs], prompts, cfg, scorer)
+        rejected = answer_features([p["rejected"][0]["content"] for p in pairs], prompts, cfg, scorer)
+        s_plus[known], s_minus[known] = score_pairs(critic, chosen, rejected, [p["bucket_id"] for p in pairs])
+    return s_plus, s_minus
+
+# %% ../nbs/05_hdpo.ipynb #f91b5243
+def pair_tokens(tokenizer,     # the policy's tokenizer (its chat template)
+                prompt: list,  # the pair's prompt messages
+                pair: Mapping, # a pair (`chosen`, `rejected` messages)
+               ) -> int:
+    "Tokens of the longer of prompt + chosen and prompt + rejected, as TRL's `DPOTrainer` tokenises them."
+    return max(len(tokenizer.apply_chat_template(prompt + pair[k], tokenize=True, return_dict=True)["input_ids"])
+               for k in ("chosen", "rejected"))
 
 
-def fit_pair_prompts(pairs: list[dict],        # pairs from `build_pairs` (their prompts are replaced)
+def fit_pair_prompts(pairs: list[dict],        # pairs from `build_pairs` (the prompts of those cut are replaced)
                      records: Sequence[dict],  # the records they were built from (by id)
                      tokenizer,                # the policy's tokenizer
                      render,                   # record -> chat messages, as for `build_pairs`
                      max_length: int,          # the preference trainer's max_length
-                    ) -> int:
-    "Fit each pair's prompt as `fit_train_records` does for SFT, leaving room for its longer answer; returns how many."
+                    ) -> tuple[list[dict], Counter, int]:
+    """Fit every pair whole into `max_length` (`pair_tokens`): a prompt too long is cut by SFT's rule (`fit_prompt`:
+    oldest history turns, then the start of the context) to leave room for the longer answer, whole; a pair that still
+    does not fit is dropped (`answer_too_long`, `question_and_answer_too_long`). Returns (pairs kept, dropped by
+    reason, prompts cut)."""
+    from polyalign.generate import fit_prompt
     by_id = {str(r["id"]): r for r in records}
+    build = lambda rec: tokenizer.apply_chat_template(render(rec), tokenize=False, add_generation_prompt=True)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    longer = [max(p["chosen"][0]["content"], p["rejected"][0]["content"], key=count) for p in pairs]
-    fitted, n_cut = fit_train_records([by_id[p["id"]] for p in pairs], tokenizer, render, max_length, answers=longer)
-    for p, r in zip(pairs, fitted): p["prompt"] = render(r)
-    return n_cut
+    kept, dropped, n_cut = [], Counter(), 0
+    for p in pairs:
+        need = pair_tokens(tokenizer, p["prompt"], p)
+        if need > max_length:
+            rec = by_id[p["id"]]
+            room = need - count(build(rec))           # the longer answer's tokens, its end of turn included
+            if room >= max_length: dropped["answer_too_long"] += 1; continue
+            fit = fit_prompt(rec, build, count, max_length - room)
+            prompt = render(fit.record)
+            if pair_tokens(tokenizer, prompt, p) > max_length:
+                dropped["question_and_answer_too_long"] += 1; continue
+            p["prompt"] = prompt; n_cut += fit.truncated
+        kept.append(p)
+    return kept, dropped, n_cut
+
+# %% ../nbs/05_hdpo.ipynb #75c6c69d
+def prepare_pairs(pairs: list[dict],        # pairs from `build_pairs`
+                  records: Sequence[dict],  # the records they were built from (by id)
+                  tokenizer,                # the policy's tokenizer
+                  render,                   # record -> chat messages, as for `build_pairs`
+                  max_length: int,          # the preference trainer's max_length
+                  *,
+                  cap: int = 0,             # at most this many pairs (`preference.max_train_pairs`; 0: all)
+                  seed: int = 0,            # the cap's sampling seed
+                  scores=None,              # pairs -> (s⁺, s⁻), e.g. `critic_scores`; None: DPO (s = 0, w = 1)
+                  weights: PairWeightConfig = PairWeightConfig(),  # Theorem 5's coefficients (HDPO)
+                 ) -> tuple[list[dict], Counter, int]:
+    """Fit (`fit_pair_prompts`), cap (`sample_pairs`), score and weigh the pairs, in this order (see above). Returns
+    (the pairs with `s_plus`, `s_minus` and `weight`, dropped by reason, prompts cut)."""
+    pairs, dropped, n_cut = fit_pair_prompts(pairs, records, tokenizer, render, max_length)
+    capped = sample_pairs(pairs, cap, seed)
+    if len(capped) < len(pairs): dropped["over_cap"] = len(pairs) - len(capped)
+    return _weigh_pairs(capped, scores, weights, dropped), dropped, n_cut
+
+
+def _weigh_pairs(pairs: list[dict], scores, weights: PairWeightConfig, dropped: Counter) -> list[dict]:
+    "Score (dropping pairs without finite scores) and weigh the final pairs in place; DPO pairs (no `scores`): 0 and 1."
+    sp = sm = np.zeros(len(pairs)); w = np.ones(len(pairs), np.float32)
+    if scores is not None and pairs:
+        sp, sm = (np.asarray(s, np.float64) for s in scores(pairs))
+        ok = np.isfinite(sp) & np.isfinite(sm)
+        if not ok.all(): dropped["no_critic_score"] += int((~ok).sum())
+        pairs, sp, sm = [p for p, k in zip(pairs, ok) if k], sp[ok], sm[ok]
+        if pairs:
+            w, _ = fit_pair_weights([p["bucket_id"] for p in pairs], [p["language"] for p in pairs], sp, sm,
+                                    [p["pair_type"] for p in pairs], weights)
+    for p, a, b, wi in zip(pairs, sp, sm, w): p.update(s_plus=float(a), s_minus=float(b), weight=float(wi))
+    return pairs
 
 # %% ../nbs/05_hdpo.ipynb #a20007e6
 def _pairs_part(cfg, model: str, method: str, lang: str, train) -> StageResult:
+    n_in = int((train.language == lang).sum())
     recs, rows = answer_rows(cfg, model, METHODS[method].init, train, lang)
     tok = load_tokenizer(base_model_path(cfg, model), cfg.models.trust_remote_code, model_revision(cfg, model))
     render = renderer(cfg.data, tok)
     pairs, dropped = build_pairs(recs, rows, render, model_name=model)
-    pairs = sample_pairs(pairs, cfg.preference.max_train_pairs, derive_seed(cfg.seed, "pairs", model, method, lang))
+    if len(recs) < n_in: dropped["unanswered"] = n_in - len(recs)
+    max_length = max_length_for(cfg.preference, model, lang)
+    pairs, more, n_cut = prepare_pairs(pairs, recs, tok, render, max_length, cap=cfg.preference.max_train_pairs,
+                                       seed=derive_seed(cfg.seed, "pairs", model, method, lang),
+                                       scores=partial(critic_scores, cfg, model, records=recs)
+                                       if HDPO_OBJECTIVE[method] else None,
+                                       weights=PairWeightConfig.from_section(cfg.preference))
+    dropped.update(more)
     if not pairs: raise ValueError(f"{model}/{method}/{lang}: no preference pairs left (dropped: {dict(dropped)})")
-    n_cut = fit_pair_prompts(pairs, recs, tok, render, max_length_for(cfg.preference, model, lang))
-    if HDPO_OBJECTIVE[method]:
-        sp, sm = critic_scores(cfg, model, pairs, recs)
-        w, _ = fit_pair_weights([p["bucket_id"] for p in pairs], [p["language"] for p in pairs], sp, sm,
-                                [p["pair_type"] for p in pairs], PairWeightConfig.from_section(cfg.preference))
-    else:
-        sp = sm = np.zeros(len(pairs)); w = np.ones(len(pairs), np.float32)
-    for p, a, b, wi in zip(pairs, sp, sm, w): p.update(s_plus=float(a), s_minus=float(b), weight=float(wi))
     out = write_jsonl(pair_path(cfg, model, method, lang), pairs)
-    return StageResult(outputs=[out], rows_in=len(recs), rows_out=len(pairs), rows_rejected=sum(dropped.values()),
-                       extra={"dropped": dict(dropped), "prompts_cut": n_cut,
-                              "weight_range": [float(w.min()), float(w.max())],
-                              "critic_gap_mean": float(np.mean(np.asarray(sm) - np.asarray(sp)))})
+    w, sp, sm = (np.array([p[k] for p in pairs]) for k in ("weight", "s_plus", "s_minus"))
+    return StageResult(outputs=[out], rows_in=n_in, rows_out=len(pairs), rows_rejected=sum(dropped.values()),
+                       extra={"dropped": dict(dropped), "prompts_cut": n_cut, "max_length": max_length,
+                              "weight_mean": float(w.mean()), "weight_range": [float(w.min()), float(w.max())],
+                              "critic_gap_mean": float(np.mean(sm - sp))})
 
 
 def write_pairs(cfg,         # the run config
                 model: str,  # the policy model name
-                method: str, # a preference method
+                method: str, # a preference method (one with `SHARED_PAIRS` writes the pairs it shares)
                 lang: str,   # the language
                 train,       # the train split (`data.read_split`)
                ) -> tuple[str, dict]:
-    "Run (or skip, when current) the part `preference/pairs/<model>/<method>/<lang>`; returns (part, record)."
+    "Run (or skip, when current) the part `preference/pairs/<model>/<pair_method(method)>/<lang>`; (part, record)."
+    method = pair_method(method)
     part = f"preference/pairs/{model_slug(model)}/{method}/{lang}"
     answers = prediction_path(cfg.run_dir, model, METHODS[method].init, "train")
     record = run_stage(cfg, part, partial(_pairs_part, cfg, model, method, lang, train),
@@ -423,15 +538,16 @@ def pair_dataset(cfg,          # the run config
                  method: str,  # a preference method
                  lang: str,    # the language
                 ):
-    "The pairs written by `write_pairs`, as a `datasets.Dataset`."
-    from datasets import Dataset
+    "The pairs `method` trains on (written by `write_pairs`), as a `datasets.Dataset`."
     return Dataset.from_list(read_jsonl(pair_path(cfg, model, method, lang)))
 
 # %% ../nbs/05_hdpo.ipynb #95c13d15
 def preference_trainer(cfg, job: TrainJob, dataset):
-    "The trainer of a `preference` job (`polyalign.train.TRAINER_BUILDERS`): DPO or HDPO as `job.method` says."
+    """The trainer of a `preference` job (`polyalign.train.TRAINER_BUILDERS`): DPO or HDPO, with the p mode of
+    `job.method` (`method_p_mode`)."""
     return make_preference_trainer(job.init, dataset, cfg.preference, job.output_dir, hdpo=HDPO_OBJECTIVE[job.method],
-                                   seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code,
+                                   p_mode=method_p_mode(cfg.preference, job.method), seed=cfg.seed,
+                                   trust_remote_code=cfg.models.trust_remote_code,
                                    max_length=max_length_for(cfg.preference, job.model, job.language), **job.options)
 
 
@@ -442,7 +558,7 @@ def preference_part(cfg,         # the run config
                     dataset,     # its pairs (`pair_dataset`)
                    ) -> TrainingPart:
     """The part `preference/train/<model>/<method>/<lang>`: train from the `init` method's checkpoint into
-    `checkpoints/<model>/<method>-<lang>` (resuming from its last checkpoint)."""
+    `checkpoints/<model>/<method>-<lang>` (resuming from its last checkpoint), on `pair_path`'s pairs."""
     init = method_checkpoint(cfg, model, METHODS[method].init, lang)
     out_dir = run_path(cfg, "checkpoints", model_slug(model), f"{method}-{lang}")
     job = TrainJob("preference", model, method, lang, init=init, output_dir=str(out_dir))
@@ -483,7 +599,8 @@ def check_prediction_ids(cfg, test) -> list[str]:
 # %% ../nbs/05_hdpo.ipynb #edda53b2
 def preference_stage(cfg) -> StageResult:
     """The `preference` stage for the methods of `preference.methods`: train answers of each policy they reject, pairs
-    and training per model and language, test predictions, and the check that every method answers the same test ids."""
+    (once per `pair_method`) and training per model and language, test predictions, and the check that every method
+    answers the same test ids."""
     from polyalign.data import read_split
     train = read_split(run_path(cfg, "data", "train.parquet"))
     test = read_split(run_path(cfg, "data", "test.parquet"))
@@ -491,9 +608,8 @@ def preference_stage(cfg) -> StageResult:
     for model in cfg.models.policies:
         parts += [policy_answers(cfg, model, policy, train) for policy in answer_policies(methods)]
         for lang in cfg.sft.languages:
-            for method in methods:
-                parts.append(write_pairs(cfg, model, method, lang, train))
-                training.append(preference_part(cfg, model, method, lang, pair_dataset(cfg, model, method, lang)))
+            parts += [write_pairs(cfg, model, m, lang, train) for m in dict.fromkeys(map(pair_method, methods))]
+            training += [preference_part(cfg, model, m, lang, pair_dataset(cfg, model, m, lang)) for m in methods]
     records = {**dict(parts), **train_parts(cfg, training)}   # launched workers start once for every pending part
     records.update(preference_predictions(cfg, model, method, test) for model in cfg.models.policies
                    for method in methods)

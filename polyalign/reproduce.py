@@ -487,8 +487,9 @@ def paper_minutes(cfg: RunConfig, stage: str) -> float | None:
 
 
 _STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/table1_*", "features": "features/",
-                 "sft": "checkpoints/*/{full_sft,bucket_sft}-*, figures/sft_loss.*", "generate": "predictions/",
-                 "critic": "critic/, predictions/*/bucket_sft.*", "preference": "pairs/, checkpoints/*/{dpo,hdpo}-*",
+                 "sft": "checkpoints/*/<sft method>-*, figures/sft_loss.*", "generate": "predictions/",
+                 "critic": "critic/, predictions/*/bucket_sft.*",
+                 "preference": "pairs/, checkpoints/*/<preference method>-*",
                  "metrics": "tables/table2_*, metrics/"}
 _STAGE_LOADS = {"data": ("dataset", "url"), "features": ("features.scorer",), "sft": ("models.policies",),
                 "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),

@@ -262,7 +262,7 @@ def preference_pairs(s: Smoke, method: str, tok) -> list[dict]:
     render = renderer(s.cfg.data, tok)
     answers = [{"id": r["id"], "prediction": REJECTED[LANGUAGE]} for r in recs]
     pairs, _ = build_pairs(recs, answers, render, model_name="tiny")
-    fit_pair_prompts(pairs, recs, tok, render, max_length_for(s.cfg.preference, "tiny", LANGUAGE))
+    pairs, _, _ = fit_pair_prompts(pairs, recs, tok, render, max_length_for(s.cfg.preference, "tiny", LANGUAGE))
     n = len(pairs)
     if HDPO_OBJECTIVE[method]:  # the critic is not under test here: scores drawn with a seed stand in for its output
         rng = np.random.default_rng(derive_seed(s.cfg.seed, "gpu-smoke", method))

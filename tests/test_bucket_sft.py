@@ -138,6 +138,7 @@ def _records():
 
 def test_long_context_is_cut_so_the_answer_is_trained(tiny, tmp_path):
     from polyalign.data import render_messages
+    from polyalign.generate import answer_suffix
     from polyalign.core import DataConfig
     d, tok = tiny
     render = lambda r: render_messages(r, DataConfig())
@@ -154,6 +155,10 @@ def test_long_context_is_cut_so_the_answer_is_trained(tiny, tmp_path):
         cut = make_sft_trainer(d, sft_dataset(fitted, render), sft, tmp_path / f"cut-{method}", seed=0, **objective)
         # uncut, the answer lies past max_length and the example is dropped (and counted, by every trainer alike)
         assert (raw.skipped_unsupervised, cut.skipped_unsupervised) == (1, 0), method
+        # fitted, the whole example fits: the template's end of turn and newline after the answer are not cut
+        ids = cut.train_dataset[0]["input_ids"]
+        end = tok(answer_suffix(tok), add_special_tokens=False)["input_ids"]
+        assert len(ids) <= 256 and ids[-len(end):] == end and len(end) == 2, (method, len(ids))
     with pytest.raises(ValueError, match="answer_share"):
         fit_train_records(recs, tok, render, max_length=128, answer_share=1.5)
 

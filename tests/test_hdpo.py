@@ -1,5 +1,7 @@
 """HDPO: the loss by value in every p mode and Theorem 5's pair weights by hand; the trainer equals TRL's sigmoid DPO
-at λ=0, w=1, its weighted loss by hand in every p mode, pair columns survive, the reference each variant names."""
+at λ=0, w=1, its weighted loss by hand in every p mode, pair columns survive, the reference each variant names; pairs
+fit whole by SFT's rule and TRL receives them uncut, drops counted by reason, weights of mean 1 over the pairs kept, and
+the p mode of each preference method."""
 import numpy as np
 import pytest
 import torch
@@ -8,9 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from polyalign.core import ConfigError, TinyModelSpec, methods_for, write_jsonl
-from polyalign.hdpo import (HDPO_OBJECTIVE, IGNORED_DPO_OPTIONS, HDPOConfig, HDPOTrainer, PairWeightConfig,
-                            answer_policies, check_prediction_ids, fit_pair_weights, hdpo_loss, preference_arguments,
-                            rarity)
+from polyalign.hdpo import (HDPO_OBJECTIVE, IGNORED_DPO_OPTIONS, HDPOConfig, HDPOTrainer, PairDPOTrainer,
+                            PairWeightConfig, answer_policies, check_prediction_ids, fit_pair_prompts, fit_pair_weights,
+                            hdpo_loss, pair_method, pair_path, pair_tokens, preference_arguments, preference_part,
+                            preference_trainer, prepare_pairs, rarity)
 from polyalign.tiny import build_tiny
 
 
@@ -78,7 +81,7 @@ def hdpo_by_hand(pc, pr, rc, rr, sp, sm, w, lc, lr, *, p_mode, beta, lam):
 
 
 def test_weighted_loss_by_hand(tiny, tmp_path):
-    "The trainer's loss (1/K) Σ w_i (L_DPO + λ R) from full logits in every p mode (the default, margin, first)."
+    "The trainer's loss (1/K) Σ w_i (L_DPO + λ R) from full logits in every p mode (the default, summed, first)."
     d, tok = tiny
     ds = pairs(weights=(0.5, 2.5, 1.0, 0.75))                 # mean 1.1875: a Σw normaliser would show
     h = HDPOTrainer(model=AutoModelForCausalLM.from_pretrained(d), ref_model=AutoModelForCausalLM.from_pretrained(d),
@@ -92,8 +95,8 @@ def test_weighted_loss_by_hand(tiny, tmp_path):
     lc, lr = b["completion_mask"].sum(1).chunk(2)
     assert (lc != lr).all() and ((rc - rr) - (pc - pr)).abs().min() > 0.05   # unequal lengths; reference ≠ policy
     losses = {}
-    for mode in ("margin", "summed", "length_normalized"):
-        if mode != "margin": h.args.p_mode = mode
+    for mode in ("summed", "margin", "length_normalized"):
+        if mode != "summed": h.args.p_mode = mode
         want, _ = hdpo_by_hand(pc, pr, rc, rr, b["s_plus"], b["s_minus"], b["weight"], lc, lr, p_mode=mode, beta=0.1,
                                lam=0.3)
         losses[mode] = h.compute_loss(h.model, dict(b)).item()
@@ -105,7 +108,7 @@ def test_weighted_loss_by_hand(tiny, tmp_path):
 def test_reference_variants_train(tiny, tmp_path, variant):
     "A training step scores the policy against the initial model, its reference (precomputed, or the adapter off)."
     d, tok = tiny
-    kw = dict(COMMON, logging_steps=1)                        # one step of 4 pairs: every pair, in some order
+    kw = dict(COMMON, logging_steps=1, p_mode="margin")       # one step of 4 pairs: every pair, in some order
     extra = {}
     if variant == "precompute":
         kw["precompute_ref_log_probs"] = True
@@ -167,9 +170,9 @@ def test_hdpo_loss_by_value_in_every_p_mode(p_mode):
 
 
 def test_hdpo_loss_defaults_and_bad_mode():
-    "Without options the loss is the margin mode at β = 0.1, λ = 0.1 (the config's defaults); an unknown mode fails."
+    "Without options the loss is Eq. 9's summed mode at β = 0.1, λ = 0.1 (the config defaults); a bad mode fails."
     loss, _ = _loss_of_case()
-    assert loss.item() == pytest.approx(hdpo_by_hand(**CASE, p_mode="margin", beta=0.1, lam=0.1)[0], rel=1e-6)
+    assert loss.item() == pytest.approx(hdpo_by_hand(**CASE, p_mode="summed", beta=0.1, lam=0.1)[0], rel=1e-6)
     z = torch.zeros(2)
     with pytest.raises(ValueError, match="unknown p_mode"):
         hdpo_loss(z, z, z, z, z, z, z + 1, p_mode="nope")
@@ -211,7 +214,7 @@ def test_config_rejects_dpo_options_the_hdpo_loss_ignores(tmp_path, option, valu
 def test_every_ignored_option_is_tested_and_defaults_are_accepted(tmp_path):
     assert {o for o, _ in REJECTED} == set(IGNORED_DPO_OPTIONS)
     args = HDPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], loss_type="sigmoid", loss_weights=[1.0])
-    assert args.loss_type == ["sigmoid"] and (args.hdpo_lambda, args.p_mode) == (0.1, "margin")
+    assert args.loss_type == ["sigmoid"] and (args.hdpo_lambda, args.p_mode) == (0.1, "summed")
 
 
 @pytest.mark.parametrize("field,value,msg", [("p_mode", "mean", "unknown p_mode"), ("hdpo_lambda", -1.0, "hdpo_lambda"),
@@ -241,8 +244,9 @@ def test_bad_pair_columns(tiny, tmp_path):
 
 
 def test_stage_vocabulary_comes_from_the_registry():
-    assert set(HDPO_OBJECTIVE) == set(methods_for("preference")) and sum(HDPO_OBJECTIVE.values()) == 1
+    assert set(HDPO_OBJECTIVE) == set(methods_for("preference")) and sum(HDPO_OBJECTIVE.values()) == 2
     assert answer_policies(["dpo", "hdpo"]) == ["full_sft", "bucket_sft"] and answer_policies(["dpo"]) == ["full_sft"]
+    assert answer_policies(["dpo", "hdpo", "hdpo_margin"]) == ["full_sft", "bucket_sft"]
     from polyalign.core import PreferenceConfig
     a = preference_arguments(PreferenceConfig(per_device_batch_size=2, examples_per_step=2), "o", seed=0, hdpo=False)
     assert type(a) is DPOConfig and a.loss_type == ["sigmoid"]
@@ -260,3 +264,139 @@ def test_prediction_ids_must_match_the_test_split(tmp_path):
     write_jsonl(tmp_path / "predictions" / "m2" / "hdpo.jsonl", [{"id": "a"}])   # another model, one id short
     with pytest.raises(ValueError, match="m2/hdpo"):
         check_prediction_ids(cfg, test)
+
+
+# ---- pairs that fit whole, drops by reason, weights over the pairs kept, p mode per method ----
+
+def record(i, context="", history=(), question=None, answer=None, bucket="en|single|qa|short"):
+    return {"id": f"r{i}", "dataset": "dolly", "split": "train", "language": "en", "track": "single", "family": "qa",
+            "style_bucket": "qa_search", "length_bin": "short", "bucket_id": bucket,
+            "question": question or f"What is {i}?", "context": context, "dialogue_history": list(history),
+            "human_answer": answer or f"It is {i}.", "answer_tokens": 3, "group_id": f"r{i}", "meta": "{}"}
+
+
+def built_pairs(recs, rejected, tok):
+    "Pairs as the stage builds them: the human answer ≻ `rejected(i)`, prompts from the shared renderer."
+    from polyalign.data import renderer
+    from polyalign.hdpo import build_pairs
+    render = renderer(None, tok)
+    pairs, dropped = build_pairs(recs, [{"id": r["id"], "prediction": rejected(i)} for i, r in enumerate(recs)], render)
+    assert not dropped
+    return pairs, render
+
+
+def test_pairs_are_cut_by_the_sft_rule_or_dropped_by_reason(tiny):
+    "A prompt too long loses what SFT's `fit_train_records` cuts for the same room, then fits; the rest are counted."
+    from polyalign.bucket_sft import fit_train_records
+    d, tok = tiny
+    L = 256
+    hist = [{"role": "user", "text": "an old question " * 8}, {"role": "assistant", "text": "an old answer " * 8}]
+    recs = [record(0, context="background words " * 10, history=hist), record(1),
+            record(2, answer="word " * 100),               # the chosen (human) answer alone is longer than L
+            record(3, question="Why is that so? " * 40)]   # the question is never cut, and too long with any answer
+    pairs, render = built_pairs(recs, lambda i: "zero " * 10, tok)
+    before = [pair_tokens(tok, p["prompt"], p) for p in pairs]
+    assert before[0] > L >= before[1]                            # pair 0 needs a cut, pair 1 fits as it is
+    kept, dropped, n_cut = fit_pair_prompts([dict(p) for p in pairs], recs, tok, render, L)
+    assert [p["id"] for p in kept] == ["r0", "r1"] and n_cut == 1
+    assert dict(dropped) == {"answer_too_long": 1, "question_and_answer_too_long": 1}
+    assert kept[1]["prompt"] == pairs[1]["prompt"] and pair_tokens(tok, kept[0]["prompt"], kept[0]) <= L
+    # SFT's rule with the same room for the answer: fit_train_records leaves the answer and the template's end of turn
+    from polyalign.generate import answer_suffix
+    count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])
+    build = lambda r: tok.apply_chat_template(render(r), tokenize=False, add_generation_prompt=True)
+    room, answer, suffix = before[0] - count(build(recs[0])), "zero " * 10, count(answer_suffix(tok))
+    sft_len = L - room + count(answer) + suffix
+    (sft,), sft_cut = fit_train_records(recs[:1], tok, render, sft_len, answer_share=0.5, answers=[answer])
+    assert sft_cut == 1 and count(answer) + suffix <= 0.5 * sft_len
+    assert kept[0]["prompt"] == render(sft)
+    # oldest history first, then the start of the context: all history gone, a proper suffix of the context kept
+    assert sft["dialogue_history"] == [] and 0 < len(sft["context"]) < len(recs[0]["context"])
+    assert recs[0]["context"].endswith(sft["context"])
+
+
+def test_weights_have_mean_one_over_the_pairs_kept(tiny):
+    "Theorem 5 is fit after every filter: bucket b cannot fit, one pair is over the cap, one has no critic score."
+    d, tok = tiny
+    recs = [record(i, bucket="a" if i < 6 else "b", answer=None if i < 6 else "word " * 100) for i in range(9)]
+    pairs, render = built_pairs(recs, lambda i: f"no idea {i}", tok)
+    s_plus = lambda ps: np.array([0.1 * int(p["id"][1:]) if p["bucket_id"] == "a" else 0.0 for p in ps])
+    scores = lambda ps: (np.where(np.arange(len(ps)) == 0, np.nan, s_plus(ps)), np.ones(len(ps)))
+    out, dropped, _ = prepare_pairs([dict(p) for p in pairs], recs, tok, render, 256, cap=5, seed=3, scores=scores)
+    assert dict(dropped) == {"answer_too_long": 3, "over_cap": 1, "no_critic_score": 1}
+    w = np.array([p["weight"] for p in out])
+    assert len(out) == 4 and {p["bucket_id"] for p in out} == {"a"}
+    assert w.mean() == pytest.approx(1.0, abs=1e-6)
+    want, _ = fit_pair_weights(["a"] * 4, ["en"] * 4, s_plus(out), np.ones(4), ["global"] * 4)
+    np.testing.assert_allclose(w, want, rtol=1e-6)
+    assert [p["s_plus"] for p in out] == pytest.approx(s_plus(out).tolist())
+    # the weights fit on all 9 pairs built (scarce bucket b: g = 1) average below 1 over the pairs of bucket a
+    every, _ = fit_pair_weights([p["bucket_id"] for p in pairs], ["en"] * 9, s_plus(pairs), np.ones(9), ["global"] * 9)
+    assert every[:6].mean() < 0.9
+
+
+def test_trl_receives_every_pair_whole(tiny, tmp_path):
+    "Unfitted pairs: TRL drops and would truncate some, and both trainers refuse them; fitted, all arrive whole."
+    from polyalign.core import PreferenceConfig
+    from polyalign.hdpo import make_preference_trainer
+    d, tok = tiny
+    L = 256
+    recs = [record(i, context="background words " * n) for i, n in enumerate((0, 4, 10, 10, 12, 30))]
+    pairs, render = built_pairs(recs, lambda i: "I do not know, sorry " * (1 + i % 3), tok)
+    for p in pairs: p.update(weight=1.0, s_plus=0.1, s_minus=0.9)
+    kw = dict(COMMON, max_length=L)
+    model = lambda: AutoModelForCausalLM.from_pretrained(d)
+    stock = DPOTrainer(model=model(), ref_model=model(), args=DPOConfig(output_dir=str(tmp_path / "t"), **kw),
+                       train_dataset=Dataset.from_list(pairs).remove_columns(["weight", "s_plus", "s_minus"]),
+                       processing_class=tok)
+    lengths = [len(x["prompt_ids"]) + max(len(x["chosen_ids"]), len(x["rejected_ids"])) for x in stock.train_dataset]
+    assert len(stock.train_dataset) < len(pairs) and max(lengths) > L     # what TRL does to them silently
+    with pytest.raises(ValueError, match="TRL dropped 2 of 6 pairs and 2 are longer than max_length=256"):
+        HDPOTrainer(model=model(), ref_model=model(), args=HDPOConfig(output_dir=str(tmp_path / "h"), **kw),
+                    train_dataset=Dataset.from_list(pairs), processing_class=tok)
+    pref = PreferenceConfig(per_device_batch_size=2, examples_per_step=2)
+    with pytest.raises(ValueError, match="TRL dropped"):
+        make_preference_trainer(d, Dataset.from_list(pairs), pref, tmp_path / "d", hdpo=False, seed=0, max_length=L)
+    kept, dropped, n_cut = fit_pair_prompts([dict(p) for p in pairs], recs, tok, render, L)
+    assert (len(kept), dict(dropped), n_cut) == (6, {}, 4)
+    for tr in (HDPOTrainer(model=model(), ref_model=model(), args=HDPOConfig(output_dir=str(tmp_path / "h"), **kw),
+                           train_dataset=Dataset.from_list(kept), processing_class=tok),
+               make_preference_trainer(d, Dataset.from_list(kept), pref, tmp_path / "d", hdpo=False, seed=0,
+                                       max_length=L)):
+        ds = tr.train_dataset
+        assert len(ds) == 6
+        b = tr.data_collator([ds[i] for i in range(6)])
+        assert b["input_ids"].shape[1] <= L
+        n_chosen, n_rejected = b["completion_mask"].sum(1).chunk(2)              # every answer token is trained on
+        assert n_chosen.tolist() == [len(x["chosen_ids"]) for x in ds]
+        assert n_rejected.tolist() == [len(x["rejected_ids"]) for x in ds]
+        full = [len(x["prompt_ids"]) + len(x[k]) for k in ("chosen_ids", "rejected_ids") for x in ds]
+        assert b["attention_mask"].sum(1).tolist() == full
+    assert type(tr) is PairDPOTrainer
+
+
+@pytest.mark.parametrize("p_mode", ["summed", "length_normalized"])
+def test_each_method_trains_with_its_p_mode(tiny, tmp_path, p_mode):
+    "hdpo takes `preference.p_mode` (summed, Eq. 9, by default); hdpo_margin always the margin, on hdpo's pairs."
+    from polyalign.core import PreferenceConfig, stage_config
+    from polyalign.train import TrainJob
+    d, _ = tiny
+    assert PreferenceConfig().p_mode == "summed"
+    cfg = stage_config(None, [f"run_dir={tmp_path}", f"preference.p_mode={p_mode}",
+                              "preference.per_device_batch_size=4", "preference.examples_per_step=4"])
+    got = {}
+    for m in methods_for("preference"):
+        tr = preference_trainer(cfg, TrainJob("preference", "tiny", m, "en", init=str(d), output_dir=str(tmp_path / m)),
+                                pairs())
+        got[m] = (type(tr), getattr(tr.args, "p_mode", None))
+    assert got == {"dpo": (PairDPOTrainer, None), "hdpo": (HDPOTrainer, p_mode),
+                   "hdpo_margin": (HDPOTrainer, "margin")}
+    # the same pair file as hdpo (same init, critic and weights); checkpoints of its own
+    assert pair_method("hdpo_margin") == "hdpo" and pair_method("dpo") == "dpo"
+    assert pair_path(cfg, "tiny", "hdpo_margin", "en") == pair_path(cfg, "tiny", "hdpo", "en")
+    import shutil
+    shutil.copytree(d, tmp_path / "checkpoints" / "tiny" / "bucket_sft-en" / "final")   # its init, Bucket-SFT
+    part = preference_part(cfg, "tiny", "hdpo_margin", "en", pairs())
+    assert part.part == "preference/train/tiny/hdpo_margin/en"
+    assert part.job.output_dir.endswith("checkpoints/tiny/hdpo_margin-en")
+    assert str(pair_path(cfg, "tiny", "hdpo", "en")) in map(str, part.inputs)

@@ -108,6 +108,29 @@ MUTATIONS = (
     M("full_sft_trl trained with the per-example loss", "polyalign/bucket_sft.py",
       '"full_sft_trl": SFTObjective("trl", weighted=False)',
       '"full_sft_trl": SFTObjective("per_example", weighted=False)', ("tests/test_bucket_sft.py",)),
+    # preference pairs fit whole, weights over the pairs kept, p mode per method (05_hdpo)
+    M("hdpo_margin trained with the config's summed p", "polyalign/hdpo.py",
+      'FIXED_P_MODE = {"hdpo_margin": "margin"}', 'FIXED_P_MODE = {}', ("tests/test_hdpo.py",)),
+    M("pair weights normalised before the pairs are fitted and capped", "polyalign/hdpo.py",
+      '    pairs, dropped, n_cut = fit_pair_prompts(pairs, records, tokenizer, render, max_length)\n'
+      '    capped = sample_pairs(pairs, cap, seed)\n'
+      '    if len(capped) < len(pairs): dropped["over_cap"] = len(pairs) - len(capped)\n'
+      '    return _weigh_pairs(capped, scores, weights, dropped), dropped, n_cut\n',
+      '    dropped = Counter()\n'
+      '    pairs = _weigh_pairs(pairs, scores, weights, dropped)\n'
+      '    pairs, more, n_cut = fit_pair_prompts(pairs, records, tokenizer, render, max_length)\n'
+      '    dropped.update(more)\n'
+      '    capped = sample_pairs(pairs, cap, seed)\n'
+      '    if len(capped) < len(pairs): dropped["over_cap"] = len(pairs) - len(capped)\n'
+      '    return capped, dropped, n_cut\n', ("tests/test_hdpo.py",)),
+    M("preference pairs not fitted to max_length", "polyalign/hdpo.py",
+      "        if need > max_length:\n", "        if False:\n", ("tests/test_hdpo.py",)),
+    M("preference trainers accept pairs TRL drops or truncates", "polyalign/hdpo.py",
+      "if isinstance(dataset, Dataset): check_whole_pairs(out, len(dataset), args.max_length, dataset_name)",
+      "pass", ("tests/test_hdpo.py",)),
+    M("SFT fitting leaves one token for the template's end of turn", "polyalign/bucket_sft.py",
+      "room = min(count(answer) + suffix, int(answer_share * max_length))",
+      "room = min(count(answer) + 1, int(answer_share * max_length))", ("tests/test_bucket_sft.py",)),
     # data: dedup keys and the split hash
     M("dedup key without casefold", "polyalign/data.py",
       'return normalize_text(unicodedata.normalize("NFKC", "" if x is None else str(x))).casefold()',
