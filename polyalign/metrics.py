@@ -715,7 +715,7 @@ def evaluate(frame: pd.DataFrame,                # one language's aligned test r
         bng_res = bng(gen_features, human_features, buckets, feature_names, references, mcfg.bng_eps,
                       mcfg.min_bucket_size, mcfg.bng_scale, mcfg.bng_held_out_constant, held_out,
                       undefined_ok=scores["is_empty"].to_numpy(dtype=bool))
-    want_ci = mcfg.bootstrap_samples > 0
+    want_ci = mcfg.bootstrap_samples > 0 and not noise_floor     # the floor: no interval (see the noise floor)
     mseed = derive_seed(seed, "mauve", lang)
     mv, scopes = (mauve_by_bucket(gen_emb, human_emb, buckets, mcfg, mseed, want_ci, held_out)
                   if gen_emb is not None and human_emb is not None else (None, {}))

@@ -422,6 +422,7 @@ def test_noise_floor_has_no_qa_f1_and_uses_human_utility_for_nuf():
     fr, G, H, Ge, He = _frame()
     e = evaluate(fr, G, H, list("abcd"), Ge, He, mcfg=MetricsConfig(bootstrap_samples=20), noise_floor=True)
     assert math.isnan(e.table2_cells()["qa_f1"]) and e.summary["utility"]["overall"]["qa_f1"] == 1.0
+    assert "ci" not in e.summary                      # no interval: the percentile bootstrap sits above a floor
     assert (e.buckets["f1"] == 1.0).all()
     from polyalign.metrics import table2_cells
     assert math.isnan(table2_cells([e]).loc[0, "qa_f1_low"])
