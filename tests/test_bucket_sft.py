@@ -314,17 +314,22 @@ def token_nll(model, batch):
     return -(lp * supervised).sum(1), supervised.sum(1)
 
 
-def test_full_sft_loss_is_the_mean_of_per_example_token_means(taught, tmp_path):
-    "(a) Full-SFT: (1/|M|) Σ_i ℓ_i with ℓ_i each answer's token mean, not TRL's token mean over the batch."
-    tr = method_trainer(taught, "full_sft", mixed(), tmp_path)
-    assert isinstance(tr, BucketSFTTrainer) and tr.train_dataset["weight"] == [1.0] * 4
+def reductions(tr) -> tuple[float, float, float]:
+    "(the trainer's loss, the per-example mean, the token mean) on the 4 mixed-length answers, computed from logits."
     batch = collate(tr, range(4))
     with torch.no_grad():
         nll, T = token_nll(tr.model, batch)
     assert len(set(T.tolist())) == 4                                  # answers of 4 different lengths
     per_example, token_mean = float((nll / T).mean()), float(nll.sum() / T.sum())
     assert abs(per_example - token_mean) > 0.05 * per_example         # the two reductions differ here
-    loss = tr.compute_loss(tr.model, dict(batch)).item()
+    return tr.compute_loss(tr.model, dict(batch)).item(), per_example, token_mean
+
+
+def test_full_sft_loss_is_the_mean_of_per_example_token_means(taught, tmp_path):
+    "(a) Full-SFT: (1/|M|) Σ_i ℓ_i with ℓ_i each answer's token mean, not TRL's token mean over the batch."
+    tr = method_trainer(taught, "full_sft", mixed(), tmp_path)
+    assert isinstance(tr, BucketSFTTrainer) and tr.train_dataset["weight"] == [1.0] * 4
+    loss, per_example, token_mean = reductions(tr)
     assert loss == pytest.approx(per_example, rel=1e-5)
     assert loss != pytest.approx(token_mean, rel=1e-3)
 
@@ -333,12 +338,7 @@ def test_full_sft_trl_loss_is_the_token_mean_over_the_batch(taught, tmp_path):
     "(b) Full-SFT (TRL loss): TRL's stock loss, Σ_i T_i ℓ_i / Σ_i T_i, so a long answer counts once per token."
     tr = method_trainer(taught, "full_sft_trl", mixed(), tmp_path)
     assert type(tr).__name__ == "SFTTrainer" and "weight" not in tr.train_dataset.column_names
-    batch = collate(tr, range(4))
-    with torch.no_grad():
-        nll, T = token_nll(tr.model, batch)
-    per_example, token_mean = float((nll / T).mean()), float(nll.sum() / T.sum())
-    assert abs(per_example - token_mean) > 0.05 * per_example
-    loss = tr.compute_loss(tr.model, dict(batch)).item()
+    loss, per_example, token_mean = reductions(tr)
     assert loss == pytest.approx(token_mean, rel=1e-5)
     assert loss != pytest.approx(per_example, rel=1e-3)
 
