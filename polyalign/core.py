@@ -31,8 +31,8 @@ import yaml
 __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS',
            'HELD_OUT_CONSTANT_RULES', 'PACKAGES', 'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for',
            'method_by_label', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
-           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'LaunchConfig', 'RunConfig',
-           'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
+           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'JudgeConfig', 'LaunchConfig',
+           'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
            'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods', 'pins_path',
            'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
            'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
@@ -370,6 +370,43 @@ class CriticConfig:
 
 
 @dataclass
+class JudgeConfig:
+    "The LLM judge of Table 3 (08_judge): judges, rows judged, decoding, retries, serving and aggregation."
+    # judge name -> model: a hub id or local path, or `tiny` (a judge built and briefly fine-tuned by the stage)
+    judges: dict[str, str] = field(default_factory=lambda: {"qwen3_8b": "Qwen/Qwen3-8B",
+                                                            "qwen2_5_7b": "Qwen/Qwen2.5-7B-Instruct"})
+    rubric: str = "judge_rubric.yaml"  # a file under papers/polyalign/configs, or a path
+    backend: str = "hf"  # hf (transformers + a JSON-schema logits processor) or vllm (structured outputs)
+    unconstrained: list[str] = field(default_factory=list)  # judges decoded without the schema (a measurement)
+    rows_per_language: int = 0  # test rows judged per language, the same rows for every method (0 = all)
+    batch_size: int = 8  # prompts per generate call
+    max_new_tokens: int = 384  # the first attempt's budget (the authors' max_tokens)
+    retry_max_new_tokens: int = 768  # the budget of both retries
+    retry_temperature: float = 0.7  # the second retry samples at this temperature, seeded per row
+    retry_top_p: float = 0.95
+    max_retries: int = 2  # 0-2: a larger budget, then sampling; then an error row
+    max_prompt_tokens: int = 30000  # a longer prompt is an error row (never truncated)
+    enable_thinking: bool = False  # passed to chat templates that know it (Qwen3: thinking off, as the paper)
+    tiny_steps: int = 60  # fine-tuning steps of a `tiny` judge on synthetic rubric JSON
+    bootstrap_samples: int = 1000  # item bootstrap of each mean (0 turns intervals off)
+    ci_level: float = 0.95
+    dtype: str = "auto"  # hf backend: auto (bf16 on a GPU that has it, else fp32), float32 or bfloat16
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_max_model_len: int = 32768
+
+    def __post_init__(self):
+        if not self.judges: raise ConfigError("judge.judges must name at least one judge")
+        if self.backend not in ("hf", "vllm"): raise ConfigError(f"judge.backend must be hf or vllm, got {self.backend!r}")
+        if not 0 <= self.max_retries <= 2: raise ConfigError(f"judge.max_retries must be 0, 1 or 2, got {self.max_retries}")
+        unknown = sorted(set(self.unconstrained) - set(self.judges))
+        if unknown: raise ConfigError(f"judge.unconstrained names unknown judges {unknown} (judges: {sorted(self.judges)})")
+        if self.backend == "vllm" and self.unconstrained:
+            raise ConfigError("judge.unconstrained is an hf-backend measurement; vLLM judges always use the schema")
+        if min(self.batch_size, self.max_new_tokens, self.retry_max_new_tokens) < 1:
+            raise ConfigError("judge.batch_size, max_new_tokens and retry_max_new_tokens must be positive")
+
+
+@dataclass
 class LaunchConfig:
     "How the `sft` and `preference` stages run training: in the calling process, or as launched worker processes."
     processes: int = 1  # training processes (one per GPU; CPU processes with gloo); > 1 launches `polyalign.train`
@@ -398,6 +435,7 @@ class RunConfig:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 # %% ../nbs/00_core.ipynb #13566543
 def _hints(cls) -> dict[str, Any]:
@@ -864,7 +902,8 @@ def seed_everything(seed: int, deterministic_torch: bool = True) -> int:
 
 # %% ../nbs/00_core.ipynb #252ab8e5
 PACKAGES = ("polyalign", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
-            "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "mauve-text", "pot", "jieba", "papermill")
+            "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "mauve-text", "pot", "jieba", "papermill", "outlines",
+            "jsonschema", "krippendorff")
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:

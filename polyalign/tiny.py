@@ -16,7 +16,7 @@ from .core import TinyModelSpec, derive_seed
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'LLAMA3_TEMPLATE', 'GEMMA2_TEMPLATE', 'CHAT_FAMILIES', 'MODEL_KINDS',
            'STAND_IN_FAMILIES', 'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model',
-           'build_tiny', 'stand_in_family', 'mirror_models']
+           'build_tiny', 'stand_in_family', 'mirror_models', 'finetune_causal_lm']
 
 # %% ../nbs/00a_tiny.ipynb #e3b892e3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -134,7 +134,6 @@ def chat_family(name: str) -> ChatFamily:
     if name not in CHAT_FAMILIES: raise ValueError(f"unknown chat family {name!r} (known: {', '.join(CHAT_FAMILIES)})")
     return CHAT_FAMILIES[name]
 
-
 # %% ../nbs/00a_tiny.ipynb #0f24581d
 MODEL_KINDS = ("causal_lm", "encoder", "classifier")
 # architecture -> transformers config class and the model class of each kind
@@ -224,3 +223,43 @@ def mirror_models(cache_dir: str | Path,  # the hub cache the stand-ins are writ
             build_tiny(tmp, spec, seed=derive_seed(seed, "stand-in", rid), family=stand_in_family(rid))
             out[rid] = hub_cache_dir_repo(tmp, rid, cache_dir)
     return out
+
+# %% ../nbs/00a_tiny.ipynb #7b4e48a4
+def finetune_causal_lm(model_dir: str | Path,  # a saved tokenizer + causal LM (`build_tiny`); overwritten in place
+                       pairs: Sequence[tuple[str, str]],  # (prompt text, completion text); the prompt is not scored
+                       steps: int = 60,  # optimiser steps
+                       batch_size: int = 4,  # pairs per step, drawn with replacement from `seed`
+                       learning_rate: float = 3e-3,  # AdamW, constant
+                       seed: int = 0,  # drives the draws (and nothing else)
+                      ) -> list[float]:
+    "Train the model in `model_dir` on `pairs` for `steps` steps (completion tokens only), save it; the step losses."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from polyalign.generate import encode_prompt
+    if not pairs: raise ValueError("finetune_causal_lm needs at least one (prompt, completion) pair")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    limit = model.config.max_position_embeddings
+    encoded = []
+    for prompt, completion in pairs:
+        p = encode_prompt(tok, prompt)
+        c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(p) + len(c) > limit: raise ValueError(f"a pair of {len(p) + len(c)} tokens exceeds the model's {limit}")
+        encoded.append((p, c))
+    rng = random.Random(derive_seed(seed, "finetune"))
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    losses = []
+    for _ in range(steps):
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), pad); labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (p, c) in enumerate(batch):
+            n = len(p) + len(c)
+            ids[i, :n] = torch.tensor(p + c); mask[i, :n] = 1; labels[i, len(p):n] = torch.tensor(c)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(loss.item())
+    model.eval().save_pretrained(model_dir, safe_serialization=True)
+    return losses
