@@ -61,6 +61,8 @@ STAGES: tuple[Stage, ...] = (
           "DPO (from Full-SFT) and HDPO (from Bucket-SFT) per model and language; their test predictions"),
     Stage("metrics", "07_metrics.ipynb", "metrics:metrics_stage",
           "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
+    Stage("judge", "08_judge.ipynb", "judge:judge_stage",
+          "blind rubric judging with schema-constrained JSON by two judges, composites, agreement; Table 3"),
 )
 
 
@@ -289,6 +291,9 @@ def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
     if _is_remote(cfg.metrics.mauve_featurizer):
         fz = cfg.metrics.mauve_featurizer
         out.append(RemoteArtifact("model", fz, revs.get(fz, ""), "metrics.mauve_featurizer", f"models.revisions.{fz}"))
+    for name, jm in cfg.judge.judges.items():
+        if _is_remote(jm):
+            out.append(RemoteArtifact("model", jm, revs.get(jm, ""), f"judge.judges.{name}", f"models.revisions.{jm}"))
     if cfg.data.source_mode == "hub":
         from polyalign.sources import SOURCES, configured_sources
         for name in configured_sources(cfg.data):

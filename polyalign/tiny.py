@@ -224,13 +224,14 @@ def mirror_models(cache_dir: str | Path,  # the hub cache the stand-ins are writ
             out[rid] = hub_cache_dir_repo(tmp, rid, cache_dir)
     return out
 
-# %% ../nbs/00a_tiny.ipynb #7b4e48a4
+# %% ../nbs/00a_tiny.ipynb #cb2e8d1a
 def finetune_causal_lm(model_dir: str | Path,  # a saved tokenizer + causal LM (`build_tiny`); overwritten in place
                        pairs: Sequence[tuple[str, str]],  # (prompt text, completion text); the prompt is not scored
                        steps: int = 60,  # optimiser steps
                        batch_size: int = 4,  # pairs per step, drawn with replacement from `seed`
                        learning_rate: float = 3e-3,  # AdamW, constant
                        seed: int = 0,  # drives the draws (and nothing else)
+                       max_prompt_tokens: int = 0,  # train on the prompt's last k tokens only (0 = all): cheaper steps
                       ) -> list[float]:
     "Train the model in `model_dir` on `pairs` for `steps` steps (completion tokens only), save it; the step losses."
     import torch
@@ -243,6 +244,7 @@ def finetune_causal_lm(model_dir: str | Path,  # a saved tokenizer + causal LM (
     encoded = []
     for prompt, completion in pairs:
         p = encode_prompt(tok, prompt)
+        if max_prompt_tokens: p = p[-max_prompt_tokens:]
         c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(p) + len(c) > limit: raise ValueError(f"a pair of {len(p) + len(c)} tokens exceeds the model's {limit}")
         encoded.append((p, c))
