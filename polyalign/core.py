@@ -396,10 +396,13 @@ class JudgeConfig:
 
     def __post_init__(self):
         if not self.judges: raise ConfigError("judge.judges must name at least one judge")
-        if self.backend not in ("hf", "vllm"): raise ConfigError(f"judge.backend must be hf or vllm, got {self.backend!r}")
-        if not 0 <= self.max_retries <= 2: raise ConfigError(f"judge.max_retries must be 0, 1 or 2, got {self.max_retries}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"judge.backend must be hf or vllm, got {self.backend!r}")
+        if not 0 <= self.max_retries <= 2:
+            raise ConfigError(f"judge.max_retries must be 0, 1 or 2, got {self.max_retries}")
         unknown = sorted(set(self.unconstrained) - set(self.judges))
-        if unknown: raise ConfigError(f"judge.unconstrained names unknown judges {unknown} (judges: {sorted(self.judges)})")
+        if unknown:
+            raise ConfigError(f"judge.unconstrained names unknown judges {unknown} (judges: {sorted(self.judges)})")
         if self.backend == "vllm" and self.unconstrained:
             raise ConfigError("judge.unconstrained is an hf-backend measurement; vLLM judges always use the schema")
         if min(self.batch_size, self.max_new_tokens, self.retry_max_new_tokens) < 1:

@@ -38,8 +38,8 @@ def test_split(run):
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory):
     "A tiny ChatML checkpoint (random weights): a real tokenizer, chat template and model."
-    return build_tiny(tmp_path_factory.mktemp("judge-model") / "m", TinyModelSpec(corpus_sentences=120, vocab_size=800,
-                                                                                   max_position_embeddings=4096), seed=5)
+    spec = TinyModelSpec(corpus_sentences=120, vocab_size=800, max_position_embeddings=4096)
+    return build_tiny(tmp_path_factory.mktemp("judge-model") / "m", spec, seed=5)
 
 
 def _texts(ex, candidate):
@@ -120,7 +120,8 @@ def test_vllm_judge_requests(fake_vllm, chat_dir, tmp_path, test_split):
     jc = JudgeConfig(backend="vllm", vllm_max_model_len=4096)
     schema = J.judge_schema(RUBRIC)
     jd = J.VLLMJudge(d, schema, jc, seed=7, chat_kwargs={"enable_thinking": False})
-    prompts = [jd.render(J.judge_messages(r, r["human_answer"], "c1", RUBRIC)) for r in test_split.head(3).to_dict("records")]
+    rows = test_split.head(3).to_dict("records")
+    prompts = [jd.render(J.judge_messages(r, r["human_answer"], "c1", RUBRIC)) for r in rows]
     texts = jd(prompts, J.Attempt(384), seed=11) + jd(prompts[:1], J.Attempt(768, 0.7, 0.95), seed=12)
     assert [J.parse_judgement(t, RUBRIC)[0] for t in texts] == [verdict] * 4      # the end of turn is not in the text
     log = fake_vllm()
@@ -172,7 +173,8 @@ def stage_run(run, tmp_path, monkeypatch, test_split):
     (tmp_path / "data" / "train.parquet").write_bytes((Path(run.run_dir) / "data" / "train.parquet").read_bytes())
     for m in ("full_sft", "hdpo"):
         write_jsonl(tmp_path / "predictions" / "tiny" / f"{m}.jsonl",
-                    [{"id": i, "model": "tiny", "prediction": a} for i, a in zip(test_split["id"], test_split["human_answer"])])
+                    [{"id": i, "model": "tiny", "prediction": a}
+                     for i, a in zip(test_split["id"], test_split["human_answer"])])
     backends = {}
     monkeypatch.setattr(J, "make_judge", lambda cfg, name, rubric, ex: backends[name])
     return cfg, backends

@@ -198,9 +198,10 @@ MUTATIONS = (
     M("judge HF decoding unconstrained", "polyalign/judge.py",
       "self.processor = json_logits_processor(self.model, self.tok, schema) if schema is not None else None",
       "self.processor = None", ("tests/test_judge.py",)),
-    M("judge vLLM requests seeded by the batch seed", "polyalign/judge.py", "judge_sampling(attempt, derive_seed(seed, i),",
-      "judge_sampling(attempt, seed,", ("tests/test_judge.py",)),
-    M("judge wrong-language cap never triggers for zh", "polyalign/judge.py", '(language == "zh" and share < threshold)',
+    M("judge vLLM requests seeded by the batch seed", "polyalign/judge.py",
+      "judge_sampling(attempt, derive_seed(seed, i),", "judge_sampling(attempt, seed,", ("tests/test_judge.py",)),
+    M("judge wrong-language cap never triggers for zh", "polyalign/judge.py",
+      '(language == "zh" and share < threshold)',
       '(language == "zh" and share < 0)', ("nbs/08_judge.ipynb",)),
 )
 
