@@ -327,7 +327,8 @@ class Check:
 def needs_gpu(cfg: RunConfig) -> bool:
     """True when the config asks for an accelerator: vLLM, DeepSpeed, NCCL or a `cuda` device. (bf16 autocast alone
     runs on CPUs too: the rehearsal trains with it.)"""
-    return (cfg.generate.backend == "vllm" or bool(cfg.launch.deepspeed_config) or cfg.launch.backend == "nccl"
+    return ("vllm" in (cfg.generate.backend, cfg.judge.backend) or bool(cfg.launch.deepspeed_config)
+            or cfg.launch.backend == "nccl"
             or "cuda" in (cfg.critic.device, cfg.features.lm_device, cfg.metrics.mauve_device))
 
 
@@ -388,7 +389,7 @@ def artifact_check(a: RemoteArtifact, online: bool) -> Check:
 
 # %% ../nbs/11_reproduce.ipynb #9e5aa297
 def vllm_check(cfg: RunConfig) -> Check:
-    "vLLM and this package import in the environment the generation workers run in (`generate.python`)."
+    "vLLM and this package import in the environment the generation and judge workers run in (`generate.python`)."
     import subprocess
     python = cfg.generate.python or sys.executable
     fix = ("install vLLM in an environment of its own (README: the vLLM environment) and set generate.python "
@@ -462,7 +463,7 @@ def preflight(cfg: RunConfig, allow_unpinned: bool = False) -> list[Check]:
     free, need = shutil.disk_usage(where).free / 1e9, disk_estimate_gb(cfg)
     checks.append(Check("disk", free >= need, f"{free:.0f} GB free at {where}, about {need:.0f} GB needed",
                         "free space or point --out at a larger volume"))
-    if cfg.generate.backend == "vllm":
+    if "vllm" in (cfg.generate.backend, cfg.judge.backend):
         checks.append(vllm_check(cfg))
     online = False
     if arts:

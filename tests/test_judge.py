@@ -105,18 +105,25 @@ def fake_vllm(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(FAKE))
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
     log = tmp_path / "vllm-log.jsonl"
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
     return lambda: read_jsonl(log) if log.exists() else []
 
 
-def test_vllm_judge_requests(fake_vllm, chat_dir, tmp_path, test_split):
-    d = tmp_path / "judge"
+VERDICT = {"scores": {k: 4 for k in RUBRIC.dims}, "contradicts_context": False, "major_errors": [], "rationale": "ok"}
+
+
+def _vllm_judge_dir(chat_dir, d):
+    "A copy of the tiny checkpoint whose fake vLLM engine answers every request with VERDICT and the end of turn."
     import shutil
     shutil.copytree(chat_dir, d)
-    verdict = {"scores": {k: 4 for k in RUBRIC.dims}, "contradicts_context": False, "major_errors": [],
-               "rationale": "ok"}
-    (d / "fake_vllm_script.json").write_text(json.dumps({"text": json.dumps(verdict) + "<|im_end|>"}))
+    (d / "fake_vllm_script.json").write_text(json.dumps({"text": json.dumps(VERDICT) + "<|im_end|>"}))
+    return d
+
+
+def test_vllm_judge_requests(fake_vllm, chat_dir, tmp_path, test_split):
+    d, verdict = _vllm_judge_dir(chat_dir, tmp_path / "judge"), VERDICT
     jc = JudgeConfig(backend="vllm", vllm_max_model_len=4096)
     schema = J.judge_schema(RUBRIC)
     jd = J.VLLMJudge(d, schema, jc, seed=7, chat_kwargs={"enable_thinking": False})
@@ -176,7 +183,7 @@ def stage_run(run, tmp_path, monkeypatch, test_split):
                     [{"id": i, "model": "tiny", "prediction": a}
                      for i, a in zip(test_split["id"], test_split["human_answer"])])
     backends = {}
-    monkeypatch.setattr(J, "make_judge", lambda cfg, name, rubric, ex: backends[name])
+    monkeypatch.setattr(J, "make_judge", lambda cfg, name, rubric, examples=None: backends[name])
     return cfg, backends
 
 
@@ -220,3 +227,27 @@ def test_config_errors():
                      (["judge.backend=vllm", "judge.unconstrained=[judge_a]"], "always use the schema")):
         with pytest.raises(ConfigError, match=msg):
             load_config("tiny", bad)
+
+
+def test_vllm_judges_run_in_a_worker_that_resumes(fake_vllm, stage_run, chat_dir, monkeypatch):
+    cfg, _ = stage_run
+    monkeypatch.undo()                                     # the real make_judge, in the worker process
+    monkeypatch.syspath_prepend(str(FAKE))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(Path(cfg.run_dir) / "vllm-log.jsonl"))
+    d = str(_vllm_judge_dir(chat_dir, Path(cfg.run_dir) / "vllm-judge"))
+    cfg = load_config("tiny", [f"run_dir={cfg.run_dir}", "judge.backend=vllm", f"judge.judges={{a: {d}, b: {d}}}",
+                               "judge.rows_per_language=3", "judge.batch_size=4", "judge.bootstrap_samples=20",
+                               "judge.max_new_tokens=600", "judge.retry_max_new_tokens=800",
+                               f"generate.python={sys.executable}"])
+    monkeypatch.setenv("FAKE_VLLM_CRASH_AFTER", "1")
+    with pytest.raises(RuntimeError, match="judge a: worker exit 17"):
+        J.judge_stage(cfg)
+    assert len(read_jsonl(Path(cfg.run_dir) / "judge" / "a.jsonl")) == 4          # the batch before the crash
+    monkeypatch.delenv("FAKE_VLLM_CRASH_AFTER")
+    rec = J.judge_stage(cfg).records["judge"]
+    assert rec["judging"]["a"] == {"judged": 8, "resumed_skipped": 4, "ok": 8, "error": 0}
+    engines = [e for e in read_jsonl(Path(cfg.run_dir) / "vllm-log.jsonl") if e["event"] == "engine"]
+    assert len({e["pid"] for e in engines}) == 3 and all(e["pid"] != os.getpid() for e in engines)
+    t3 = pd.read_csv(Path(cfg.run_dir) / "tables" / "table3_judge.csv")
+    assert (t3["avg_overall"] == 75.0).all()                                      # every score 4

@@ -2,10 +2,12 @@
 time in a scratch copy of the repository, run the tests that should catch each, and write a table of which did.
 
 A mutation is (name, file, the exact text it replaces, the replacement, the test files or notebooks expected to catch
-it). Every test set first runs on the unmutated copy and must pass. The text must occur exactly once, so a refactor
-that moves it makes the check fail loudly instead of silently testing nothing. Arguments select mutations by a part of
-their name; none selects all. Writes `mutations.md` beside this file; the exit status is 1 when a mutation survived."""
+it). A generated module's bug is applied to its notebook's cell too, so the notebook's own tests run the mutated code.
+Every test set first runs on the unmutated copy and must pass. The text must occur exactly once, so a refactor that
+moves it makes the check fail loudly instead of silently testing nothing. Arguments select mutations by a part of their
+name; none selects all. Writes `mutations.md` beside this file; the exit status is 1 when a mutation survived."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -214,6 +216,24 @@ def scratch_copy() -> Path:
     return dst
 
 
+def source_notebook(repo: Path, module: str) -> Path | None:
+    "The notebook a generated module is exported from (its header names it), or None for a hand-written file."
+    m = re.search(r"File to edit: \.\./(nbs/\S+\.ipynb)", (repo / module).read_text(encoding="utf-8")[:2000])
+    return repo / m.group(1) if m else None
+
+
+def mutate_notebook(nb_path: Path, m: Mutation) -> None:
+    """Apply the mutation to the exported cell too: a notebook's tests run its own definitions, not the module's, so a
+    bug in the module alone would be invisible to them."""
+    import nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    hits = [c for c in nb.cells if c.cell_type == "code" and m.old in c.source]
+    if len(hits) != 1 or hits[0].source.count(m.old) != 1:
+        raise SystemExit(f"{m.name}: the text to replace is not in exactly one cell of {nb_path.name}")
+    hits[0].source = hits[0].source.replace(m.old, m.new)
+    nbformat.write(nb, nb_path)
+
+
 def run_tests(repo: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, float]:
     "(all passed, seconds) of the tests in `repo`, importing the package from `repo` (not the installed one)."
     env = {**os.environ, "PYTHONPATH": str(repo)}
@@ -244,11 +264,15 @@ def main(names: list[str]) -> int:
         text = path.read_text(encoding="utf-8")
         if text.count(m.old) != 1:
             raise SystemExit(f"{m.name}: the text to replace occurs {text.count(m.old)} times in {m.file}")
+        nb = source_notebook(repo, m.file)
+        nb_text = nb.read_text(encoding="utf-8") if nb else None
         path.write_text(text.replace(m.old, m.new), encoding="utf-8")
         try:
+            if nb: mutate_notebook(nb, m)
             passed, secs = run_tests(repo, m.tests, timeout=3600)
         finally:
             path.write_text(text, encoding="utf-8")
+            if nb: nb.write_text(nb_text, encoding="utf-8")
         rows.append((m, not passed, secs))
         print(f"{'caught  ' if not passed else 'SURVIVED'} {secs:6.1f}s  {m.name}", flush=True)
     shutil.rmtree(repo.parent, ignore_errors=True)
