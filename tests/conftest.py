@@ -1,4 +1,4 @@
-"""Shared test setup: no hub access, repository paths, a session-scoped tiny checkpoint."""
+"""Shared test setup: no hub access, repository paths, the vLLM test double."""
 import os
 import sys
 from pathlib import Path
@@ -24,3 +24,17 @@ def polyalign_cli() -> list[str]:
     exe = BIN / "polyalign"
     assert exe.exists(), f"console script not installed at {exe}; run make setup"
     return [str(exe)]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    "Import the vLLM test double (tests/fake_vllm) as `vllm`, here and in worker processes; returns its log reader."
+    from polyalign.core import read_jsonl
+    fake = ROOT / "tests" / "fake_vllm"
+    monkeypatch.syspath_prepend(str(fake))
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
+    log = tmp_path / "vllm-log.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return lambda: read_jsonl(log) if log.exists() else []

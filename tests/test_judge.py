@@ -15,8 +15,8 @@ from polyalign import judge as J
 from polyalign.core import METHODS, JudgeConfig, TinyModelSpec, load_config, read_jsonl, read_manifest, write_jsonl
 from polyalign.tiny import build_tiny
 
-FAKE = Path(__file__).resolve().parent / "fake_vllm"
 RUBRIC = J.load_rubric()
+MAKE_JUDGE = J.make_judge
 MODELS = ["Qwen/Qwen2.5-1.5B", "google/gemma-2-2b"]
 
 
@@ -100,15 +100,6 @@ def test_constrained_decoding_of_a_random_model_is_valid_json(chat_dir, test_spl
     assert all(set(o["scores"]) == set(SMALL.dims) for o in out["constrained"])
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(FAKE))
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
-    log = tmp_path / "vllm-log.jsonl"
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
-    return lambda: read_jsonl(log) if log.exists() else []
 
 
 VERDICT = {"scores": {k: 4 for k in RUBRIC.dims}, "contradicts_context": False, "major_errors": [], "rationale": "ok"}
@@ -231,10 +222,7 @@ def test_config_errors():
 
 def test_vllm_judges_run_in_a_worker_that_resumes(fake_vllm, stage_run, chat_dir, monkeypatch):
     cfg, _ = stage_run
-    monkeypatch.undo()                                     # the real make_judge, in the worker process
-    monkeypatch.syspath_prepend(str(FAKE))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(Path(cfg.run_dir) / "vllm-log.jsonl"))
+    monkeypatch.setattr(J, "make_judge", MAKE_JUDGE)                 # the real one (the worker process uses it too)
     d = str(_vllm_judge_dir(chat_dir, Path(cfg.run_dir) / "vllm-judge"))
     cfg = load_config("tiny", [f"run_dir={cfg.run_dir}", "judge.backend=vllm", f"judge.judges={{a: {d}, b: {d}}}",
                                "judge.rows_per_language=3", "judge.batch_size=4", "judge.bootstrap_samples=20",
@@ -247,7 +235,7 @@ def test_vllm_judges_run_in_a_worker_that_resumes(fake_vllm, stage_run, chat_dir
     monkeypatch.delenv("FAKE_VLLM_CRASH_AFTER")
     rec = J.judge_stage(cfg).records["judge"]
     assert rec["judging"]["a"] == {"judged": 8, "resumed_skipped": 4, "ok": 8, "error": 0}
-    engines = [e for e in read_jsonl(Path(cfg.run_dir) / "vllm-log.jsonl") if e["event"] == "engine"]
+    engines = [e for e in fake_vllm() if e["event"] == "engine"]
     assert len({e["pid"] for e in engines}) == 3 and all(e["pid"] != os.getpid() for e in engines)
     t3 = pd.read_csv(Path(cfg.run_dir) / "tables" / "table3_judge.csv")
     assert (t3["avg_overall"] == 75.0).all()                                      # every score 4

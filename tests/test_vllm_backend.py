@@ -1,9 +1,7 @@
 """The vLLM backend against a double of vLLM's documented interface (tests/fake_vllm): engine and sampling arguments,
 stop ids, token-id prompts with BOS once, structured output, data-parallel workers merged by id, crash and resume."""
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,19 +11,8 @@ from polyalign.generate import (COT_STOPS, PLAIN_STOPS, VLLMGenerator, generate,
 from polyalign.data import renderer
 from polyalign.tiny import build_tiny
 
-FAKE = Path(__file__).resolve().parent / "fake_vllm"
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch, tmp_path):
-    "Import the double as `vllm` here and in worker processes; returns the request log's reader."
-    monkeypatch.syspath_prepend(str(FAKE))
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
-    log = tmp_path / "vllm-log.jsonl"
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
-    return lambda: read_jsonl(log) if log.exists() else []
 
 
 @pytest.fixture(scope="module")
