@@ -30,7 +30,7 @@ __all__ = ['COMPOSITES', 'COMPOSITE_LABELS', 'JUDGE_METADATA', 'SYSTEM_PROMPT', 
            'blind_leaks', 'identity_names', 'Attempt', 'attempts', 'json_logits_processor', 'HFJudge', 'judge_sampling',
            'VLLMJudge', 'judge_items', 'example_hash', 'judge_batch', 'run_judge', 'judged_frame', 'check_join',
            'mean_ci', 'average_frame', 'judge_cells', 'agreement', 'table3', 'write_table3', 'synthetic_judgement',
-           'build_tiny_judge', 'judged_examples', 'load_predictions', 'make_judge', 'judge_and_write', 'judge_inputs',
+           'build_tiny_judge', 'judged_examples', 'prediction_sets', 'make_judge', 'judge_and_write', 'judge_inputs',
            'judge_stage', 'judge_in_worker', 'run_worker', 'main']
 
 # %% ../nbs/08_judge.ipynb #ed1c5a0e
@@ -264,7 +264,17 @@ def json_logits_processor(model, tokenizer, schema: dict):
                                             json.dumps(schema), whitespace_pattern=r"[ ]?")
 
 
-class HFJudge:
+class _ChatPrompts:
+    "What both backends share: messages -> prompt text (the chat template with `chat_kwargs`), and its token count."
+    def render(self, messages: list[dict]) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **self.chat_kwargs)
+
+    def count(self, text: str) -> int:
+        from polyalign.generate import encode_prompt
+        return len(encode_prompt(self.tok, text))
+
+
+class HFJudge(_ChatPrompts):
     "A judge on transformers: chat-template prompts, batched left-padded generation, the schema's logits processor."
     def __init__(self,
                  model_path,  # a local directory or a hub id
@@ -289,13 +299,6 @@ class HFJudge:
         self.stop_ids = stop_token_ids(self.tok, self.model.generation_config)
         self.chat_kwargs = dict(chat_kwargs or {})
         self.processor = json_logits_processor(self.model, self.tok, schema) if schema is not None else None
-
-    def render(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **self.chat_kwargs)
-
-    def count(self, text: str) -> int:
-        from polyalign.generate import encode_prompt
-        return len(encode_prompt(self.tok, text))
 
     def __call__(self, prompts: Sequence[str], attempt: Attempt, seed: int) -> list[str]:
         import torch
@@ -323,7 +326,7 @@ def judge_sampling(attempt: Attempt, seed: int, stop_ids: Sequence[int]) -> dict
             "stop_token_ids": list(stop_ids), "skip_special_tokens": True}
 
 
-class VLLMJudge(HFJudge):
+class VLLMJudge(_ChatPrompts):
     "A judge on vLLM's offline engine (GPU servers): structured-output requests on token-id prompts, seeded per row."
     def __init__(self,
                  model_path,  # a local directory or a hub id
@@ -662,16 +665,16 @@ def judged_examples(test: pd.DataFrame, jc: JudgeConfig, seed: int) -> pd.DataFr
     return pd.concat(parts).sort_values("id").reset_index(drop=True) if parts else test.iloc[:0]
 
 
-def load_predictions(cfg: RunConfig) -> dict[tuple[str, str], dict[str, str]]:
-    "(model, method) -> {id: answer} of every test prediction file; a file's row without an id is an error."
-    from polyalign.metrics import prediction_files
+def prediction_sets(cfg: RunConfig, test: pd.DataFrame) -> dict[tuple[str, str], dict[str, str]]:
+    """(model, method) -> {id: answer} of every test prediction file, each checked against `test` as Table 2 checks it
+    (`metrics.align_predictions`: missing, duplicate or unknown ids and non-string answers are errors)."""
+    from polyalign.metrics import align_predictions, prediction_files
     out = {}
     for p in prediction_files(cfg.run_dir):
         rows = read_jsonl(p)
-        bad = [i for i, r in enumerate(rows) if "id" not in r or "prediction" not in r]
-        if bad: raise ValueError(f"{p}: row {bad[0]} lacks 'id' or 'prediction'")
         model = next((r["model"] for r in rows if r.get("model")), p.parent.name)
-        out[(model, p.stem)] = {r["id"]: r["prediction"] for r in rows}
+        aligned = align_predictions(test, rows, source=str(p))
+        out[(model, p.stem)] = dict(zip(aligned["id"], aligned["prediction"]))
     return out
 
 
@@ -701,11 +704,11 @@ def judge_and_write(cfg: RunConfig) -> StageResult:
     rubric, jc = load_rubric(cfg.judge.rubric), cfg.judge
     test = load_test_split(cfg)
     examples = judged_examples(test, jc, cfg.seed)
-    preds = load_predictions(cfg)
+    preds = prediction_sets(cfg, test)
     if not preds: raise FileNotFoundError(f"no prediction files under {run_path(cfg, 'predictions')} "
                                           "(run the generate and preference stages first)")
     items = judge_items(examples, preds, salt=derive_seed(cfg.seed, "judge-salt"), seed=cfg.seed)
-    stats, rows = {}, []
+    stats, rows, uids = {}, [], {it["uid"] for it in items}
     for name in jc.judges:
         out = run_path(cfg, "judge", f"{name}.jsonl")
         if jc.backend == "vllm":
@@ -713,7 +716,6 @@ def judge_and_write(cfg: RunConfig) -> StageResult:
         else:
             stats[name] = run_judge(make_judge(cfg, name, rubric), items, name, rubric, jc, out,
                                     derive_seed(cfg.seed, "judge-retry", name))
-        uids = {it["uid"] for it in items}
         rows += [r for r in read_jsonl(out) if r["uid"] in uids]
     frame = judged_frame(rows, rubric)
     check_join(frame, test)
