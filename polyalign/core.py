@@ -31,13 +31,13 @@ import yaml
 __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE_ORDER', 'METHOD_SECTIONS',
            'HELD_OUT_CONSTANT_RULES', 'PACKAGES', 'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for',
            'method_by_label', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
-           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'JudgeConfig', 'LaunchConfig',
-           'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override', 'apply_overrides', 'project_root',
-           'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml', 'check_methods', 'pins_path',
-           'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask', 'atomic_path',
-           'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table',
-           'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl', 'repair_jsonl_tail',
-           'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
+           'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'JudgeConfig', 'DetectConfig',
+           'EmbedConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override',
+           'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml',
+           'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask',
+           'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape',
+           'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
+           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
            'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
            'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
            'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path', 'model_slug',
@@ -410,6 +410,73 @@ class JudgeConfig:
 
 
 @dataclass
+class DetectConfig:
+    "The AI-text detectors of Table 4 and Figure 3 (09_detect): models, thresholds, calibration and aggregation."
+    detectors: list[str] = field(default_factory=lambda: ["binoculars", "fast_detectgpt", "radar"])
+    # hub ids or local paths; `tiny` = a pair (base + briefly fine-tuned) or classifier built by the stage
+    binoculars_observer: str = "tiiuae/falcon-7b"
+    binoculars_performer: str = "tiiuae/falcon-7b-instruct"
+    binoculars_mode: str = "low-fpr"  # low-fpr (threshold 0.8536) or accuracy (0.9015), the upstream thresholds
+    fdg_reference: str = "meta-llama/Meta-Llama-3-8B"  # Fast-DetectGPT sampling/reference model
+    fdg_scoring: str = "meta-llama/Meta-Llama-3-8B-Instruct"  # Fast-DetectGPT scoring model
+    fdg_rule: str = "gaussian"  # gaussian (upstream Llama-3 calibration, p_AI >= 0.5; two-sided) or one_sided
+    fdg_one_sided_threshold: float = 1.517  # one_sided: AI iff criterion >= this (the Gaussian rule's upper cut)
+    radar: str = "TrustSafeAI/RADAR-Vicuna-7B"  # sequence classifier; p_AI = softmax(logits)[:, 0]
+    max_tokens: int = 512  # every detector truncates here (the authors' MAX_LENGTH)
+    batch_size: int = 8  # texts per forward pass
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), float32 or bfloat16
+    rows_per_language: int = 0  # test rows scored per language, the same rows for every method (0 = all)
+    calibration_fpr: float = 0.05  # the calibrated threshold's human false-positive rate
+    calibration_split: str = "val"  # the human answers the calibrated threshold is fitted on (never the test split)
+    calibration_rows: int = 0  # rows of that split per language (0 = all)
+    bootstrap_samples: int = 1000  # bootstrap of AUROC and TPR@FPR (0 turns intervals off)
+    ci_level: float = 0.95
+    tiny_steps: int = 60  # tiny profile: fine-tuning steps of the performer and of the stand-in classifier
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        unknown = sorted(set(self.detectors) - {"binoculars", "fast_detectgpt", "radar"})
+        if unknown or not self.detectors:
+            raise ConfigError(f"detect.detectors must be a non-empty subset of binoculars, fast_detectgpt, radar; "
+                              f"unknown {unknown}")
+        if self.binoculars_mode not in ("low-fpr", "accuracy"):
+            raise ConfigError(f"detect.binoculars_mode must be low-fpr or accuracy, got {self.binoculars_mode!r}")
+        if self.fdg_rule not in ("gaussian", "one_sided"):
+            raise ConfigError(f"detect.fdg_rule must be gaussian or one_sided, got {self.fdg_rule!r}")
+        if not 0 < self.calibration_fpr < 1:
+            raise ConfigError(f"detect.calibration_fpr must lie in (0, 1), got {self.calibration_fpr}")
+        if self.calibration_split == "test":
+            raise ConfigError("detect.calibration_split must not be the test split the rates are reported on")
+        if min(self.max_tokens, self.batch_size) < 2:
+            raise ConfigError("detect.max_tokens and detect.batch_size must be at least 2")
+
+
+@dataclass
+class EmbedConfig:
+    "Answer embeddings, distances in embedding space and Figure 4 (09a_embed)."
+    model: str = "BAAI/bge-m3"  # a sentence-embedding model (hub id or path), or `tiny` (built by the stage)
+    pooling: str = "cls"  # cls (bge-m3's own) or mean (what the authors used)
+    max_length: int = 256  # tokens per answer
+    batch_size: int = 64
+    dtype: str = "auto"  # auto (fp16 on a GPU, else fp32), float32 or float16
+    rows_per_language: int = 0  # test rows embedded per language, the same rows for every method (0 = all)
+    bootstrap_samples: int = 1000  # bootstrap of each distance (0 turns intervals off)
+    permutations: int = 1000  # MMD permutation test
+    ci_level: float = 0.95
+    umap_n_neighbors: int = 30  # the authors' UMAP settings
+    umap_min_dist: float = 0.08
+    shift_lines: int = 700  # paired human-to-model lines drawn per panel
+    paper_compat: bool = False  # refit the 2-D reducer for every human/method pair, as the authors did
+    models: list[str] = field(default_factory=list)  # models plotted in Figure 4 (empty = every model of the run)
+
+    def __post_init__(self):
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"embed.pooling must be cls or mean, got {self.pooling!r}")
+        if min(self.max_length, self.batch_size, self.umap_n_neighbors) < 2:
+            raise ConfigError("embed.max_length, batch_size and umap_n_neighbors must be at least 2")
+
+
+@dataclass
 class LaunchConfig:
     "How the `sft` and `preference` stages run training: in the calling process, or as launched worker processes."
     processes: int = 1  # training processes (one per GPU; CPU processes with gloo); > 1 launches `polyalign.train`
@@ -439,6 +506,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
 # %% ../nbs/00_core.ipynb #13566543
 def _hints(cls) -> dict[str, Any]:
@@ -906,7 +975,7 @@ def seed_everything(seed: int, deterministic_torch: bool = True) -> int:
 # %% ../nbs/00_core.ipynb #252ab8e5
 PACKAGES = ("polyalign", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
             "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "mauve-text", "pot", "jieba", "papermill", "outlines",
-            "jsonschema", "krippendorff")
+            "jsonschema", "krippendorff", "sentence-transformers", "umap-learn")
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:

@@ -28,9 +28,10 @@ __all__ = ['UTILITY_COLUMNS', 'TABLE2_METRICS', 'METRIC_LABELS', 'METRICS_SECTIO
            'mauve_from_histograms', 'mauve_from_labels', 'MauveScope', 'mauve_by_bucket', 'featurize_texts', 'tdm',
            'bounded_geomean', 'pareto_frontier', 'hypervolume_2d', 'nuf', 'aggregate', 'Evaluation', 'evaluate',
            'bootstrap_ci', 'method_label', 'reported_model', 'table2', 'write_table2', 'noise_floor_pairs',
-           'noise_floor_frame', 'prediction_files', 'sanity_predictions', 'mauve_featurizer_path', 'load_test_split',
-           'default_extract', 'evaluate_run', 'table2_cells', 'write_run_outputs', 'references_path',
-           'human_feature_matrix', 'metrics_inputs', 'evaluate_and_write', 'metrics_stage']
+           'noise_floor_frame', 'prediction_files', 'manifest_predictions', 'sanity_predictions',
+           'mauve_featurizer_path', 'load_test_split', 'default_extract', 'evaluate_run', 'table2_cells',
+           'write_run_outputs', 'references_path', 'human_feature_matrix', 'metrics_inputs', 'evaluate_and_write',
+           'metrics_stage']
 
 # %% ../nbs/07_metrics.ipynb #3d68596a
 _ZH_TOKEN = re.compile(f"[{HAN}]|[^\\W_{HAN}]+")
@@ -995,6 +996,30 @@ def _jsonable(o):
 def prediction_files(run_dir: str | Path) -> list[Path]:
     "Every `predictions/<model>/<method>.jsonl` of a run, sorted."
     return sorted((Path(run_dir) / "predictions").glob("*/*.jsonl"))
+
+
+def manifest_predictions(run_dir: str | Path) -> dict[tuple[str, str], Path]:
+    """(model slug, method) -> test prediction file, as the run's manifest records them: the generation parts
+    (`generate/test/<model>/<method>`, `preference/generate/<model>/<method>`) and their outputs. Never guessed from
+    file names: a file whose rows name another method or model, or a recorded file that is missing, is an error."""
+    from polyalign.core import model_slug, read_manifest
+    run_dir = Path(run_dir)
+    out: dict[tuple[str, str], Path] = {}
+    for part, rec in read_manifest(run_dir).get("stages", {}).items():
+        bits = part.split("/")
+        if not (part.startswith("generate/test/") or part.startswith("preference/generate/")): continue
+        model, method = model_slug(bits[-2]), bits[-1]
+        for rel in rec.get("outputs", {}):
+            if not (rel.startswith("predictions/") and rel.endswith(".jsonl")): continue
+            path = run_dir / rel
+            if not path.exists(): raise FileNotFoundError(f"{path}: recorded by manifest part {part} but missing")
+            for i, row in enumerate(read_jsonl(path)):
+                got = (model_slug(str(row.get("model", ""))), str(row.get("method", "")))
+                if got != (model, method):
+                    raise ValueError(f"{path}, row {i + 1}: model/method {got} but the manifest part {part} "
+                                     f"produced this file for {(model, method)}")
+            out[(model, method)] = path
+    return dict(sorted(out.items()))
 
 
 def sanity_predictions(test: pd.DataFrame) -> dict[str, list[dict]]:
