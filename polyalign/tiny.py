@@ -16,7 +16,8 @@ from .core import TinyModelSpec, derive_seed
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'LLAMA3_TEMPLATE', 'GEMMA2_TEMPLATE', 'CHAT_FAMILIES', 'MODEL_KINDS',
            'STAND_IN_FAMILIES', 'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model',
-           'build_tiny', 'stand_in_family', 'mirror_models', 'finetune_causal_lm']
+           'build_tiny', 'stand_in_family', 'mirror_models', 'finetune_causal_lm', 'build_detector_pair',
+           'train_sequence_classifier', 'build_tiny_classifier']
 
 # %% ../nbs/00a_tiny.ipynb #e3b892e3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -265,3 +266,74 @@ def finetune_causal_lm(model_dir: str | Path,  # a saved tokenizer + causal LM (
         losses.append(loss.item())
     model.eval().save_pretrained(model_dir, safe_serialization=True)
     return losses
+
+# %% ../nbs/00a_tiny.ipynb #d7a1c3e1
+def build_detector_pair(out_dir: str | Path,  # gets `observer/` (the base model) and `performer/` (its fine-tune)
+                        base_dir: str | Path,  # a saved tokenizer + causal LM (the run's `models/tiny`)
+                        pairs: Sequence[tuple[str, str]],  # (prompt, answer) pairs the performer is tuned on
+                        steps: int = 60,  # fine-tuning steps
+                        seed: int = 0,  # drives the fine-tuning draws
+                       ) -> tuple[Path, Path]:
+    "A base/instruct-like pair sharing one tokenizer, built once: (observer dir, performer dir)."
+    import shutil
+    out = Path(out_dir)
+    obs, perf = out / "observer", out / "performer"
+    if (obs / "config.json").exists() and (perf / "config.json").exists(): return obs, perf
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base_dir, tmp / "observer")
+    shutil.copytree(base_dir, tmp / "performer")
+    finetune_causal_lm(tmp / "performer", pairs, steps=steps, batch_size=8, learning_rate=3e-3, seed=seed,
+                       max_prompt_tokens=64)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return obs, perf
+
+
+def train_sequence_classifier(model_dir: str | Path,  # a saved tokenizer + classifier; overwritten in place
+                              texts: Sequence[str],  # training texts
+                              labels: Sequence[int],  # their classes
+                              steps: int = 60,  # optimiser steps
+                              batch_size: int = 16,  # texts per step, drawn with replacement from `seed`
+                              learning_rate: float = 2e-3,  # AdamW, constant
+                              seed: int = 0,  # drives the draws
+                              max_tokens: int = 128,  # each text's first tokens
+                             ) -> list[float]:
+    "Train the classifier in `model_dir` on (text, label) for `steps` steps and save it; the step losses."
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    if not texts or len(texts) != len(labels): raise ValueError("a classifier needs texts and one label per text")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).train()
+    rng = random.Random(derive_seed(seed, "classifier"))
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        pick = [rng.randrange(len(texts)) for _ in range(batch_size)]
+        enc = tok([texts[i] or " " for i in pick], truncation=True, max_length=max_tokens, padding=True,
+                  return_tensors="pt")
+        loss = model(**enc, labels=torch.tensor([int(labels[i]) for i in pick])).loss
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(loss.item())
+    model.eval().save_pretrained(model_dir, safe_serialization=True)
+    return losses
+
+
+def build_tiny_classifier(out_dir: str | Path,  # where the tokenizer and classifier are saved (built once)
+                          spec: TinyModelSpec,  # architecture sizes
+                          human: Sequence[str],  # human texts (label 1)
+                          machine: Sequence[str],  # model texts (label 0, "AI", as RADAR's first logit)
+                          steps: int = 60,  # training steps
+                          seed: int = 0,  # drives the tokenizer corpus, the initialisation and the draws
+                         ) -> Path:
+    "A tiny AI-text classifier standing in for RADAR, trained on `human` vs `machine` texts."
+    import shutil
+    out = Path(out_dir)
+    if (out / "config.json").exists(): return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny(tmp, spec, seed=seed, texts=[*human, *machine], kind="classifier")
+    train_sequence_classifier(tmp, [*machine, *human], [0] * len(machine) + [1] * len(human), steps=steps, seed=seed)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
