@@ -22,15 +22,19 @@ from .core import (METHODS, EmbedConfig, RunConfig, StageResult, atomic_path, de
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'HUMAN_COLOR', 'METHOD_COLOR', 'LINE_COLOR', 'EMBED_SECTIONS', 'DISTANCE_COLUMNS', 'build_tiny_encoder',
-           'resolve_dtype', 'set_pooling', 'load_encoder', 'Embedder', 'sq_dists', 'median_bandwidth', 'rbf',
-           'centroid_cosine_distance', 'row_cosines', 'mmd2', 'mmd_permutation_pvalue', 'bootstrap_counts',
-           'percentile_interval', 'embedding_distances', 'embedded_rows', 'linked_predictions', 'answer_sets',
-           'numba_cache_dir', 'import_umap', 'pca_2d', 'umap_neighbors', 'umap_2d', 'project', 'method_name',
-           'panel_text', 'plot_fig4', 'distance_table', 'embed_inputs', 'embed_answers', 'embed_and_write',
-           'embed_stage']
+__all__ = ['log', 'TEXT_ONLY', 'HUMAN_COLOR', 'METHOD_COLOR', 'LINE_COLOR', 'EMBED_SECTIONS', 'DISTANCE_COLUMNS',
+           'build_tiny_encoder', 'end_every_text', 'resolve_dtype', 'set_pooling', 'plain_text_inputs', 'load_encoder',
+           'Embedder', 'sq_dists', 'median_bandwidth', 'rbf', 'centroid_cosine_distance', 'row_cosines', 'mmd2',
+           'mmd_permutation_pvalue', 'bootstrap_counts', 'percentile_interval', 'embedding_distances', 'embedded_rows',
+           'linked_predictions', 'answer_sets', 'numba_cache_dir', 'import_umap', 'pca_2d', 'umap_neighbors', 'umap_2d',
+           'project', 'method_name', 'panel_text', 'plot_fig4', 'distance_table', 'embed_inputs', 'embed_answers',
+           'embed_and_write', 'embed_stage']
 
 # %% ../nbs/09a_embed.ipynb #1f8e2b34
+# answers go in as plain text: a tokenizer's chat template would wrap each one in the same turn header
+TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+
+
 def build_tiny_encoder(cfg: RunConfig) -> Path:
     "The tiny sentence encoder under `<run_dir>/models/embed-encoder` (built once, offline): tokenizer + encoder."
     from polyalign.tiny import build_tiny
@@ -41,14 +45,30 @@ def build_tiny_encoder(cfg: RunConfig) -> Path:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     base = build_tiny(tmp / "base", cfg.models.tiny, seed=derive_seed(cfg.seed, "embed-encoder"), kind="encoder")
+    end_every_text(base)
     with _quiet_hf():
-        tr = Transformer(str(base), max_seq_length=cfg.embed.max_length)
+        tr = Transformer(str(base), max_seq_length=cfg.embed.max_length, modality_config=TEXT_ONLY,
+                         module_output_name="token_embeddings")
         st = SentenceTransformer(modules=[tr, Pooling(tr.get_embedding_dimension(), cfg.embed.pooling), Normalize()],
                                  device="cpu")
         st.save(str(tmp / "st"))
     (tmp / "st").rename(out)
     shutil.rmtree(tmp)
     return out
+
+
+def end_every_text(tokenizer_dir: str | Path) -> None:
+    """Make the tokenizer saved in `tokenizer_dir` end every text with its eos token, as BERT-style encoders end
+    with [SEP]: an empty answer is then one token, not a zero-length input the model cannot run."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    end = tok.eos_token
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {end}", pair=f"$A {end} $B {end}", special_tokens=[(end, tok.convert_tokens_to_ids(end))])
+    tok.save_pretrained(tokenizer_dir)
+    if not AutoTokenizer.from_pretrained(tokenizer_dir)("")["input_ids"]:
+        raise RuntimeError(f"{tokenizer_dir}: the tokenizer still encodes an empty text as no tokens")
 
 
 class _quiet_hf:
@@ -82,6 +102,19 @@ def set_pooling(model, pooling: str):
     return model
 
 
+def plain_text_inputs(model):
+    """Make a sentence-transformers `model` embed strings as they are: sentence-transformers 6 renders plain text
+    through the tokenizer's chat template when it has one, so every answer would start with the same turn header
+    (and CLS pooling would see only that)."""
+    first = model[0]
+    cfg = getattr(first, "modality_config", None)
+    if isinstance(cfg, dict) and "message" in cfg:
+        if "text" not in cfg: raise ValueError("the encoder takes chat messages only, not plain text")
+        log.warning("encoder: embedding answers as plain text, not through the tokenizer's chat template")
+        cfg.pop("message")
+    return model
+
+
 def load_encoder(cfg: RunConfig, device: str | None = None):
     "The configured sentence encoder with the configured pooling and length; never runs remote code."
     import torch
@@ -95,7 +128,7 @@ def load_encoder(cfg: RunConfig, device: str | None = None):
                                     revision=None if tiny else cfg.models.revisions.get(ec.model) or None,
                                     model_kwargs={"dtype": resolve_dtype(ec.dtype, device)})
     model.max_seq_length = ec.max_length
-    return set_pooling(model, ec.pooling)
+    return set_pooling(plain_text_inputs(model), ec.pooling)
 
 # %% ../nbs/09a_embed.ipynb #4e0a1c77
 class Embedder:
