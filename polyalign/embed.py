@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'TEXT_ONLY', 'HUMAN_COLOR', 'METHOD_COLOR', 'LINE_COLOR', 'EMBED_SECTIONS', 'DISTANCE_COLUMNS',
            'build_tiny_encoder', 'end_every_text', 'resolve_dtype', 'set_pooling', 'plain_text_inputs', 'load_encoder',
-           'Embedder', 'sq_dists', 'median_bandwidth', 'rbf', 'centroid_cosine_distance', 'row_cosines', 'mmd2',
-           'mmd_permutation_pvalue', 'bootstrap_counts', 'percentile_interval', 'embedding_distances', 'embedded_rows',
-           'linked_predictions', 'answer_sets', 'numba_cache_dir', 'import_umap', 'pca_2d', 'umap_neighbors', 'umap_2d',
-           'project', 'method_name', 'panel_text', 'plot_fig4', 'distance_table', 'embed_inputs', 'embed_answers',
-           'embed_and_write', 'embed_stage']
+           'Embedder', 'sq_dists', 'median_bandwidth', 'rbf', 'centroid_cosine_distance', 'row_cosines', 'mmd_h',
+           'mmd2', 'mmd_permutation_pvalue', 'bootstrap_counts', 'percentile_interval', 'embedding_distances',
+           'embedded_rows', 'linked_predictions', 'answer_sets', 'numba_cache_dir', 'import_umap', 'pca_2d',
+           'umap_neighbors', 'umap_2d', 'project', 'method_name', 'panel_text', 'plot_fig4', 'distance_table',
+           'embed_inputs', 'embed_answers', 'embed_and_write', 'embed_stage']
 
 # %% ../nbs/09a_embed.ipynb #1f8e2b34
 # answers go in as plain text: a tokenizer's chat template would wrap each one in the same turn header
@@ -212,53 +212,47 @@ def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (x * y).sum(1) / np.where(den > 0, den, 1), 0.0)
 
 
-def _mmd2_counts(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    "Unbiased MMD² of paired resamples given as count vectors (B×n); the pairs of a draw with its copies left out."
+def mmd_h(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
+    "h_ij = k(x_i,x_j) + k(y_i,y_j) − k(x_i,y_j) − k(x_j,y_i) for paired rows (n×n, symmetric)."
+    kxy = rbf(x, y, sigma)
+    return rbf(x, x, sigma) + rbf(y, y, sigma) - kxy - kxy.T
+
+
+def _ustat_counts(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    "Σ_{u≠v} c_u c_v h_uv / (n² − Σ c_u²) for each row of count vectors (B×n): a U-statistic of a resample."
     c = np.atleast_2d(np.asarray(counts, np.float64))
-    n = c.sum(1)
-    c2 = (c * c).sum(1)
-    pairs = np.maximum(n * n - c2, 1)
-    within = lambda k: (((c @ k) * c).sum(1) - (c * c) @ np.diag(k)) / pairs
-    return within(kxx) + within(kyy) - 2 * ((c @ kxy) * c).sum(1) / (n * n)
+    n, c2 = c.sum(1), c * c
+    return (((c @ h) * c).sum(1) - c2 @ np.diag(h)) / np.maximum(n * n - c2.sum(1), 1)
 
 
 def mmd2(x: np.ndarray, y: np.ndarray, sigma: float | None = None) -> float:
-    "Unbiased MMD² between the rows of x and y (RBF kernel, median-heuristic σ on the pooled rows when not given)."
+    """Unbiased MMD² of paired rows x_i, y_i: the mean of h_ij over i ≠ j (RBF kernel; median-heuristic σ of the
+    pooled rows when not given)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    sigma = sigma or median_bandwidth(np.vstack([x, y]))
-    m, n = len(x), len(y)
-    kxx, kyy, kxy = rbf(x, x, sigma), rbf(y, y, sigma), rbf(x, y, sigma)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
+    if x.shape != y.shape or len(x) < 2: raise ValueError(f"mmd2 needs ≥ 2 paired rows, got {x.shape} and {y.shape}")
+    h = mmd_h(x, y, sigma or median_bandwidth(np.vstack([x, y])))
+    n = len(x)
+    return float((h.sum() - np.trace(h)) / (n * (n - 1)))
 
 # %% ../nbs/09a_embed.ipynb #e8c0b5d4
-def mmd_permutation_pvalue(x: np.ndarray,  # n×d first sample
-                           y: np.ndarray,  # m×d second sample
-                           permutations: int,  # random re-splits of the pooled rows
-                           seed: int,  # drives the re-splits
+def mmd_permutation_pvalue(x: np.ndarray,  # n×d human rows
+                           y: np.ndarray,  # n×d model rows, paired with x
+                           permutations: int,  # random within-pair swaps
+                           seed: int,  # drives the swaps
                            sigma: float | None = None,  # RBF bandwidth (median heuristic when None)
-                           chunk: int = 64) -> float:  # permutations per matrix product
-    "Permutation p-value of the unbiased MMD² (pooled rows re-split at random), (1 + #{≥ observed}) / (1 + P)."
-    z = np.vstack([x, y]).astype(np.float64)
-    sigma = sigma or median_bandwidth(z)
-    k, m, n = rbf(z, z, sigma), len(x), len(y)
-    diag = np.diag(k)
+                           chunk: int = 256) -> float:  # permutations per matrix product
+    """Permutation p-value of the unbiased MMD² of paired rows: each replicate swaps x_i and y_i for a random half
+    of the pairs (h_ij becomes s_i s_j h_ij); (1 + #{replicate ≥ observed}) / (1 + P)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    h = mmd_h(x, y, sigma or median_bandwidth(np.vstack([x, y])))
+    n, tr = len(x), np.trace(h)
+    observed = (h.sum() - tr) / (n * (n - 1))
     rng = np.random.default_rng(seed)
-
-    def stat(a: np.ndarray) -> np.ndarray:
-        b = 1.0 - a
-        ka = a @ k
-        xx = ((ka * a).sum(1) - a @ diag) / (m * (m - 1))
-        yy = ((b @ k * b).sum(1) - b @ diag) / (n * (n - 1))
-        return xx + yy - 2 * (ka * b).sum(1) / (m * n)
-
-    observed = stat(np.r_[np.ones(m), np.zeros(n)][None, :])[0]
     hits, done = 0, 0
     while done < permutations:
-        size = min(chunk, permutations - done)
-        a = np.zeros((size, m + n))
-        for r in range(size): a[r, rng.permutation(m + n)[:m]] = 1.0
-        hits += int((stat(a) >= observed - 1e-12).sum()); done += size
+        s = rng.choice((-1.0, 1.0), size=(min(chunk, permutations - done), n))
+        stat = (((s @ h) * s).sum(1) - tr) / (n * (n - 1))
+        hits += int((stat >= observed - 1e-12).sum()); done += len(s)
     return (1 + hits) / (1 + permutations)
 
 
@@ -290,9 +284,8 @@ def embedding_distances(x: np.ndarray,  # n×d human embeddings
            "rbf_sigma": np.nan}
     if n < 2: return out
     sigma = median_bandwidth(np.vstack([x, y]))
-    kxx, kyy, kxy = rbf(x, x, sigma), rbf(y, y, sigma), rbf(x, y, sigma)
-    cos = row_cosines(x, y)
-    out.update(centroid_cos_dist=centroid_cosine_distance(x, y), mmd2=float(_mmd2_counts(kxx, kyy, kxy, np.ones(n))[0]),
+    h, cos = mmd_h(x, y, sigma), row_cosines(x, y)
+    out.update(centroid_cos_dist=centroid_cosine_distance(x, y), mmd2=float(_ustat_counts(h, np.ones(n))[0]),
                paired_cos=float(cos.mean()), rbf_sigma=sigma)
     if ec.permutations:
         out["mmd2_p"] = mmd_permutation_pvalue(x, y, ec.permutations, derive_seed(seed, "mmd-permutations"), sigma)
@@ -300,7 +293,7 @@ def embedding_distances(x: np.ndarray,  # n×d human embeddings
         c = bootstrap_counts(n, ec.bootstrap_samples, derive_seed(seed, "embed-bootstrap"))
         cx, cy = c @ x, c @ y
         reps = {"centroid_cos_dist": 1 - (cx * cy).sum(1) / (np.linalg.norm(cx, axis=1) * np.linalg.norm(cy, axis=1)),
-                "mmd2": _mmd2_counts(kxx, kyy, kxy, c), "paired_cos": c @ cos / n}
+                "mmd2": _ustat_counts(h, c), "paired_cos": c @ cos / n}
         for s, v in reps.items():
             out[f"{s}_low"], out[f"{s}_high"] = percentile_interval(v, ec.ci_level)
     return out
@@ -444,7 +437,13 @@ def plot_fig4(proj: Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
     rows = sorted({(m, l) for m, l, _ in proj})
     rank = {k: i for i, k in enumerate(METHODS)}
     cols = sorted({k for _, _, k in proj}, key=lambda k: (rank.get(k, len(rank)), k))
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.1 * len(cols), 3.2 * len(rows)), squeeze=False)
+    lims = {}
+    for row in rows:
+        pts = np.vstack([p for (m, l, _), pair in proj.items() if (m, l) == row for p in pair])
+        lo, hi = pts.min(0), pts.max(0)
+        pad = 0.05 * np.maximum(hi - lo, 1e-9)
+        lims[row] = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.1 * len(cols), 3.6 * len(rows)), squeeze=False)
     for r, (model, lang) in enumerate(rows):
         for c, method in enumerate(cols):
             ax = axes[r][c]
@@ -461,10 +460,10 @@ def plot_fig4(proj: Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
             for pts, col in ((h, HUMAN_COLOR), (y, METHOD_COLOR)):
                 ax.scatter(*pts.mean(0), marker="*", s=260, c=col, edgecolors="black", linewidths=0.8, zorder=4)
             ax.set_title(f"Human vs {method_name(method)}", fontsize=9)
-            ax.text(0.02, 0.02, panel_text(stats[(model, lang, method)], (h, y) if ec.paper_compat else None),
-                    transform=ax.transAxes, fontsize=6.5, va="bottom", ha="left", zorder=5,
-                    bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.8", alpha=0.85))
-            ax.autoscale_view()
+            ax.set_xlabel(panel_text(stats[(model, lang, method)], (h, y) if ec.paper_compat else None),
+                          fontsize=6.5, loc="left")
+            if ec.paper_compat: ax.autoscale_view()
+            else: ax.set_xlim(*lims[(model, lang)][0]); ax.set_ylim(*lims[(model, lang)][1])  # one fit: one scale
             if c == 0: ax.set_ylabel(f"{model}  ·  {lang}", fontsize=9)
     if title: fig.suptitle(title, fontsize=10)
     handles = [plt.Line2D([], [], ls="", marker="o", color=HUMAN_COLOR, label="Human"),
@@ -554,7 +553,7 @@ def embed_and_write(cfg: RunConfig) -> StageResult:
     outputs += emb.files
     extra = {"timings_s": {k: round(v, 2) for k, v in timings.items()}, "encoded_texts": emb.encoded,
              "cache_hits": emb.hits, "umap_n_neighbors": neighbours, "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
-             "rows": rows.groupby("language").size().to_dict(), "sets": [list(k) for k in models]}
+             "rows_per_language": rows.groupby("language").size().to_dict(), "sets": [list(k) for k in models]}
     return StageResult(outputs=outputs, rows_in=len(rows) * (1 + len(models) // max(1, len(human))),
                        rows_out=len(stats), rows_rejected=0, extra=extra)
 
