@@ -87,7 +87,8 @@ def resolve_dtype(name: str, device: str):
     "The torch dtype of `embed.dtype`: `auto` is float16 on a GPU and float32 elsewhere."
     import torch
     if name == "auto": return torch.float16 if str(device).startswith("cuda") else torch.float32
-    if name not in ("float32", "float16"): raise ValueError(f"embed.dtype must be auto, float32 or float16, got {name!r}")
+    if name not in ("float32", "float16"):
+        raise ValueError(f"embed.dtype must be auto, float32 or float16, got {name!r}")
     return getattr(torch, name)
 
 
@@ -101,7 +102,7 @@ def set_pooling(model, pooling: str):
         model._modules[keys[0]] = Pooling(old.embedding_dimension, pooling).to(model.device)
     return model
 
-
+# %% ../nbs/09a_embed.ipynb #3a7e1f90
 def plain_text_inputs(model):
     """Make a sentence-transformers `model` embed strings as they are: sentence-transformers 6 renders plain text
     through the tokenizer's chat template when it has one, so every answer would start with the same turn header
@@ -299,7 +300,10 @@ def embedding_distances(x: np.ndarray,  # n×d human embeddings
     return out
 
 # %% ../nbs/09a_embed.ipynb #5f2c8d40
-def embedded_rows(test: pd.DataFrame, ec: EmbedConfig, seed: int, languages: Sequence[str] = ("en", "zh")) -> pd.DataFrame:
+def embedded_rows(test: pd.DataFrame,  # the test split (`id`, `language`, ...)
+                  ec: EmbedConfig,  # rows_per_language
+                  seed: int,  # the run seed (the sample is derived per language)
+                  languages: Sequence[str] = ("en", "zh")) -> pd.DataFrame:  # languages kept, in this order
     "The test rows embedded: per language a seeded sample of `rows_per_language` (all when 0), by language and id."
     parts = []
     for lang in languages:
@@ -345,7 +349,8 @@ def numba_cache_dir() -> Path | None:
         return None
     if not os.access(d, os.W_OK): return None
     os.environ["NUMBA_CACHE_DIR"] = str(d)
-    if "numba" in sys.modules: log.warning("numba was imported before NUMBA_CACHE_DIR was set; its cache stays where it was")
+    if "numba" in sys.modules:
+        log.warning("numba was imported before NUMBA_CACHE_DIR was set; its cache stays where it was")
     return d
 
 
@@ -517,7 +522,7 @@ def embed_answers(cfg: RunConfig, emb: Embedder) -> tuple[dict, dict, pd.DataFra
               for (m, meth), s in sets.items() for l in langs}
     return human, models, rows
 
-
+# %% ../nbs/09a_embed.ipynb #6f4c2d81
 def embed_and_write(cfg: RunConfig) -> StageResult:
     "Embed the human and model answers, measure their distances, write the table and Figure 4 (UMAP and PCA)."
     from polyalign.core import write_table
@@ -552,7 +557,8 @@ def embed_and_write(cfg: RunConfig) -> StageResult:
         timings[kind] = time.perf_counter() - t
     outputs += emb.files
     extra = {"timings_s": {k: round(v, 2) for k, v in timings.items()}, "encoded_texts": emb.encoded,
-             "cache_hits": emb.hits, "umap_n_neighbors": neighbours, "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
+             "cache_hits": emb.hits, "umap_n_neighbors": neighbours,
+             "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
              "rows_per_language": rows.groupby("language").size().to_dict(), "sets": [list(k) for k in models]}
     return StageResult(outputs=outputs, rows_in=len(rows) * (1 + len(models) // max(1, len(human))),
                        rows_out=len(stats), rows_rejected=0, extra=extra)

@@ -48,6 +48,7 @@ def make_run(root: Path, n_per_language: int = 12, seed: int = 0) -> Path:
             elif method == "dpo": words = ["zzz", "qqq", "0101"] * 3
             else: rng.shuffle(words)
             rows.append({"id": r["id"], "method": method, "model": "tiny", "prediction": sep.join(words)})
+        rng.shuffle(rows)   # files need not follow the test split's order: rows join on id
         rel = f"predictions/tiny/{method}.jsonl"
         write_jsonl(root / rel, rows)
         parts[f"generate/test/tiny/{method}"] = {"status": "done", "outputs": {rel: "x"}}
@@ -170,8 +171,9 @@ def test_small_rehearsal_sizes_run(tmp_path):
 def test_a_mislabelled_prediction_file_is_an_error(tmp_path):
     "A file the manifest records for hdpo whose rows say dpo is never plotted as HDPO."
     run = make_run(tmp_path / "r")
-    rows = [{**r, "method": "dpo"} for r in map(json.loads, (run / "predictions/tiny/hdpo.jsonl").read_text().splitlines())]
-    write_jsonl(run / "predictions/tiny/hdpo.jsonl", rows)
+    path = run / "predictions/tiny/hdpo.jsonl"
+    rows = [{**r, "method": "dpo"} for r in map(json.loads, path.read_text().splitlines())]
+    write_jsonl(path, rows)
     with pytest.raises(ValueError, match=r"hdpo.jsonl, row 1: model/method \('tiny', 'dpo'\) but the manifest part "
                                          r"generate/test/tiny/hdpo produced this file for \('tiny', 'hdpo'\)"):
         E.embed_stage(tiny_cfg(run))
