@@ -56,7 +56,7 @@ def fast_detectgpt_criterion(reference_logits, scoring_logits, ids, mask):
     p = torch.softmax(ref, -1)
     ll = logq.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     mu = (p * logq).sum(-1)
-    var = ((p * logq.square()).sum(-1) - mu.square()).clamp_min(0)
+    var = (p * (logq - mu.unsqueeze(-1)).square()).sum(-1)  # E[(x - mu)^2]: no cancellation in float32
     return ((ll - mu) * m).sum(1) / ((var * m).sum(1)).sqrt()
 
 
@@ -428,7 +428,7 @@ def summarise(scores: pd.DataFrame, dc, seed: int) -> pd.DataFrame:
                    "calibrated_threshold": thr,
                    "ai_rate_calibrated": float((s["score_ai"].to_numpy()[ok] > thr).mean()) if ok.any() else np.nan}
             if method != "human":
-                both = s.set_index("id").join(human[["score_ai", "status"]], rsuffix="_human")
+                both = s.merge(human[["score_ai", "status"]], left_on="id", right_index=True, suffixes=("", "_human"))
                 both = both[(both["status"] == "ok") & (both["status_human"] == "ok")]
                 rec.update(paired_roc(both["score_ai_human"].to_numpy(), both["score_ai"].to_numpy(),
                                       dc.bootstrap_samples, dc.ci_level, derive_seed(seed, "detect-roc", det, lang,
@@ -456,7 +456,7 @@ def joint_frame(summary: pd.DataFrame, aggs: Mapping[tuple[str, str, str], float
     for (model, method, lang), g in summary.groupby(["model", "method", "language"], sort=False):
         g = g.set_index("detector").reindex(list(detectors))
         label = _label(method)
-        a = aggs.get((model, label, lang), aggs.get(("", label, lang), np.nan))
+        a = aggs.get(("sanity" if method == "human" else model, label, lang), np.nan)  # Table 2's Human row: sanity
         rec = {"model": model or "Human", "language": lang, "method": label, "agg": a}
         for cal in ("", "_calibrated"):
             r = g[f"ai_rate{cal}"].to_numpy(dtype=float)

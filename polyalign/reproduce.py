@@ -63,6 +63,11 @@ STAGES: tuple[Stage, ...] = (
           "EM/nEM/F1/ROUGE-L, BNG, C-/G-MAUVE, TDM, NUF, Agg with bootstrap CIs; Table 2"),
     Stage("judge", "08_judge.ipynb", "judge:judge_stage",
           "blind rubric judging with schema-constrained JSON by two judges, composites, agreement; Table 3"),
+    Stage("detect", "09_detect.ipynb", "detect:detect_stage",
+          "Binoculars, Fast-DetectGPT, RADAR: rates and counts, human FPR, calibrated thresholds, ROC, Joint; Table 4, "
+          "Figure 3"),
+    Stage("embed", "09a_embed.ipynb", "embed:embed_stage",
+          "answer embeddings, centroid / MMD / paired distances in embedding space; Figure 4"),
 )
 
 
@@ -294,6 +299,15 @@ def remote_artifacts(cfg: RunConfig) -> list[RemoteArtifact]:
     for name, jm in cfg.judge.judges.items():
         if _is_remote(jm):
             out.append(RemoteArtifact("model", jm, revs.get(jm, ""), f"judge.judges.{name}", f"models.revisions.{jm}"))
+    d = cfg.detect
+    chosen = {"binoculars": [("binoculars_observer", d.binoculars_observer),
+                             ("binoculars_performer", d.binoculars_performer)],
+              "fast_detectgpt": [("fdg_reference", d.fdg_reference), ("fdg_scoring", d.fdg_scoring)],
+              "radar": [("radar", d.radar)]}
+    for key, m in [kv for name in d.detectors for kv in chosen[name]] + [("embed.model", cfg.embed.model)]:
+        if _is_remote(m):
+            where = key if key.startswith("embed.") else f"detect.{key}"
+            out.append(RemoteArtifact("model", m, revs.get(m, ""), where, f"models.revisions.{m}"))
     if cfg.data.source_mode == "hub":
         from polyalign.sources import SOURCES, configured_sources
         for name in configured_sources(cfg.data):
