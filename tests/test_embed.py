@@ -185,3 +185,18 @@ def test_embed_models_restricts_and_checks(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"embed.models names \['Qwen__Qwen2.5-1.5B'\]"):
         E.linked_predictions(tiny_cfg(run, "embed.models=[Qwen/Qwen2.5-1.5B]"))
     assert set(E.linked_predictions(tiny_cfg(run, "embed.models=[tiny]"))) == {("tiny", m) for m in METHODS}
+
+
+def test_answers_join_the_human_rows_on_id(tmp_path):
+    "With a sample of the rows and files in another order, every model answer is the one its file gives that id."
+    from polyalign.core import read_jsonl
+    from polyalign.data import read_split
+    run = make_run(tmp_path / "r", n_per_language=9, seed=7)
+    cfg = tiny_cfg(run, "embed.rows_per_language=4")
+    test = read_split(run / "data" / "test.parquet")
+    rows = E.embedded_rows(test, cfg.embed, cfg.seed)
+    assert rows.groupby("language").size().to_dict() == {"en": 4, "zh": 4}
+    for (model, method), s in E.answer_sets(test, rows, E.linked_predictions(cfg)).items():
+        by_id = {r["id"]: r["prediction"] for r in read_jsonl(run / "predictions" / model / f"{method}.jsonl")}
+        assert s["id"].tolist() == rows["id"].tolist()
+        assert s["prediction"].tolist() == [by_id[i] for i in rows["id"]], method
