@@ -1006,9 +1006,9 @@ def manifest_predictions(run_dir: str | Path) -> dict[tuple[str, str], Path]:
     run_dir = Path(run_dir)
     out: dict[tuple[str, str], Path] = {}
     for part, rec in read_manifest(run_dir).get("stages", {}).items():
-        bits = part.split("/")
         if not (part.startswith("generate/test/") or part.startswith("preference/generate/")): continue
-        model, method = model_slug(bits[-2]), bits[-1]
+        bits = part.split("/")
+        model, method = model_slug("/".join(bits[2:-1])), bits[-1]  # a hub id keeps its slash in a part name
         for rel in rec.get("outputs", {}):
             if not (rel.startswith("predictions/") and rel.endswith(".jsonl")): continue
             path = run_dir / rel

@@ -1,6 +1,6 @@
 """The rehearsal profile end to end: the paper profile's code paths on a CPU. Models and sources load by hub id at
 their pinned revisions from the local hub mirror, training runs as two launched processes with bf16 autocast over
-fp32 weights, intermediate checkpoints are pruned, and Tables 1, 2 and 3 are written."""
+fp32 weights, intermediate checkpoints are pruned, and Tables 1-4 and Figures 3 and 4 are written."""
 import json
 import subprocess
 import time
@@ -102,6 +102,28 @@ def test_judge_scored_every_model_method_and_language_blind(run):
         ex = {**test.loc[r["id"]].to_dict(), "id": r["id"]}
         msgs = judge_messages(ex, "", r["candidate_id"], rubric)
         assert blind_leaks(msgs[1]["content"], names, [ex["question"], ex["context"], ex["human_answer"]]) == []
+
+
+def test_detectors_scored_every_model_method_and_language_with_counts(run):
+    out, _ = run
+    methods = {*CFG.generate.methods, *CFG.preference.methods}
+    for f in ("table4_detect.csv", "table4_detect.md", "table4_detect.tex", "detect_summary.csv"):
+        assert (out / "tables" / f).is_file(), f
+    for ext in ("png", "pdf"): assert (out / "figures" / f"fig3_quality_humanlike.{ext}").stat().st_size > 0
+    s = pd.read_csv(out / "tables" / "detect_summary.csv", keep_default_na=False, na_values=[""])
+    n = CFG.detect.rows_per_language
+    for model in CFG.models.policies:
+        got = s[s["model"] == model_slug(model)]
+        for det in CFG.detect.detectors:
+            for lang in ("en", "zh"):
+                g = got[(got["detector"] == det) & (got["language"] == lang)]
+                assert set(g["method"]) == methods, (model, det, lang)        # every prediction file in the manifest
+                assert (g["n"] == n).all() and (g["n_ok"] + g["n_too_short"] + g["n_nonfinite"] == n).all()
+    human = s[s["method"] == "human"]
+    assert len(human) == 2 * len(CFG.detect.detectors) and human["ai_rate"].notna().all()   # the false-positive rates
+    t4 = pd.read_csv(out / "tables" / "table4_detect.csv")
+    assert len(t4) == 2 * (len(CFG.models.policies) * len(methods) + 1)
+    assert t4["agg"].between(0, 1).all() and t4["joint"].notna().all()
 
 
 def test_table2_cells_lie_in_their_bootstrap_intervals(run):
