@@ -126,6 +126,18 @@ def test_detectors_scored_every_model_method_and_language_with_counts(run):
     assert t4["agg"].between(0, 1).all() and t4["joint"].notna().all()
 
 
+def test_embedding_distances_and_figure4_cover_every_method_and_language(run):
+    out, _ = run
+    for stem in ("fig4_embeddings", "fig4_embeddings_pca"):
+        for ext in ("png", "pdf"): assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    d = pd.read_csv(out / "tables" / "embedding_distances.csv")
+    methods = {*CFG.generate.methods, *CFG.preference.methods}
+    models = CFG.embed.models or CFG.models.policies
+    assert len(d) == len(models) * 2 * len(methods)
+    assert (d["n"] == CFG.embed.rows_per_language).all()
+    assert d["centroid_cos_dist"].between(0, 2).all() and (d["mmd2_p"] > 0).all() and (d["mmd2_p"] <= 1).all()
+
+
 def test_table2_cells_lie_in_their_bootstrap_intervals(run):
     out, _ = run
     t2 = pd.read_csv(out / "tables" / "table2_main.csv")
