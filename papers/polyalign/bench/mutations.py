@@ -205,6 +205,28 @@ MUTATIONS = (
     M("judge wrong-language cap never triggers for zh", "polyalign/judge.py",
       '(language == "zh" and share < threshold)',
       '(language == "zh" and share < 0)', ("nbs/08_judge.ipynb",)),
+    # detectors (Table 4, Figure 3)
+    M("detect Binoculars cross-perplexity under the performer", "polyalign/detect.py",
+      "xent = -(torch.softmax(obs, -1) * logq).sum(-1)", "xent = -(torch.softmax(perf, -1) * logq).sum(-1)",
+      ("tests/test_detect.py",)),
+    M("detect one-token texts scored", "polyalign/detect.py",
+      'status = ["ok" if self.scored_tokens(e) >= 2 else "too_short" for e in enc]',
+      'status = ["ok" if self.scored_tokens(e) >= 1 else "too_short" for e in enc]', ("nbs/09_detect.ipynb",)),
+    M("detect sensitivity rate ignores too-short texts", "polyalign/detect.py",
+      '"ai_rate_sensitivity": (ai.sum() + n_short)', '"ai_rate_sensitivity": (ai.sum() + 0)',
+      ("tests/test_detect.py",)),
+    M("detect Joint without the factor 2", "polyalign/detect.py",
+      "return 100 * 2 * agg * h / (agg + h)", "return 100 * agg * h / (agg + h)", ("tests/test_detect.py",)),
+    M("detect calibrated on the test split's human answers", "polyalign/detect.py",
+      'cal = g[(g["method"] == "human_calibration") & (g["status"] == "ok")]',
+      'cal = g[(g["method"] == "human") & (g["status"] == "ok")]', ("nbs/09_detect.ipynb",)),
+    # embeddings (Figure 4)
+    M("embed MMD² keeps the i = j terms", "polyalign/embed.py",
+      "return float((h.sum() - np.trace(h)) / (n * (n - 1)))", "return float(h.sum() / (n * n))",
+      ("tests/test_embed.py",)),
+    M("embed centroid distance from the first rows", "polyalign/embed.py",
+      "mx, my = np.asarray(x, np.float64).mean(0), np.asarray(y, np.float64).mean(0)",
+      "mx, my = np.asarray(x, np.float64)[0], np.asarray(y, np.float64)[0]", ("tests/test_embed.py",)),
 )
 
 
