@@ -21,7 +21,7 @@ def _np_log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), batch=st.integers(1, 4), width=st.integers(3, 9), va=st.integers(2, 12),
        extra=st.integers(0, 3), scale=st.floats(0.1, 8.0))
 def test_criteria_match_numpy(seed, batch, width, va, extra, scale):
@@ -37,9 +37,14 @@ def test_criteria_match_numpy(seed, batch, width, va, extra, scale):
     for i, n in enumerate(lengths):
         lq = _np_log_softmax(b[i, :n - 1, :va]); p = np.exp(_np_log_softmax(a[i, :n - 1]))
         ll = lq[np.arange(n - 1), ids[i, 1:n]]
-        np.testing.assert_allclose(bino[i], (-ll).mean() / (-(p * lq).sum(-1)).mean(), rtol=1e-5)
+        # float32 log-softmax is off by about eps32 x the logits' size per token; a near-zero perplexity or
+        # cross-perplexity magnifies that in the ratio, so the tolerance follows the conditioning of each case
+        nll, xent, eps = (-ll).mean(), (-(p * lq).sum(-1)).mean(), 1e-6 * max(np.abs(a[i]).max(), np.abs(b[i]).max())
+        np.testing.assert_allclose(bino[i], nll / xent, rtol=1e-5, atol=nll / xent * eps * (1 / nll + 1 / xent))
         mu = (p * lq).sum(-1); var = np.clip((p * lq ** 2).sum(-1) - mu ** 2, 0, None)
-        np.testing.assert_allclose(fdg[i], (ll.sum() - mu.sum()) / np.sqrt(var.sum()), rtol=1e-4, atol=1e-5)
+        # float32 error of a difference of sums scales with the summed magnitudes, not with the (maybe tiny) result
+        scale_f = (np.abs(ll).sum() + np.abs(mu).sum() + n * eps) / np.sqrt(var.sum())
+        np.testing.assert_allclose(fdg[i], (ll.sum() - mu.sum()) / np.sqrt(var.sum()), rtol=1e-4, atol=eps * scale_f)
 
 
 def test_joint_reproduces_every_reported_cell_from_its_inputs():
