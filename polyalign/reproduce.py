@@ -510,10 +510,13 @@ _STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/ta
                  "sft": "checkpoints/*/<sft method>-*, figures/sft_loss.*", "generate": "predictions/",
                  "critic": "critic/, predictions/*/bucket_sft.*",
                  "preference": "pairs/, checkpoints/*/<preference method>-*",
-                 "metrics": "tables/table2_*, metrics/"}
+                 "metrics": "tables/table2_*, metrics/", "judge": "judge/, tables/table3_*",
+                 "detect": "detect/scores/, tables/table4_detect.*, tables/detect_summary.*, figures/fig3_*",
+                 "embed": "embed/cache/, tables/embedding_distances.*, figures/fig4_*"}
 _STAGE_LOADS = {"data": ("dataset", "url"), "features": ("features.scorer",), "sft": ("models.policies",),
                 "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),
-                "metrics": ("metrics.mauve_featurizer",)}
+                "metrics": ("metrics.mauve_featurizer",), "judge": ("judge.judges",), "detect": ("detect.",),
+                "embed": ("embed.model",)}
 
 
 def plan(cfg: RunConfig) -> str:
