@@ -61,10 +61,12 @@ def test_joint_reproduces_every_reported_cell_from_its_inputs():
                                  r.radar_ai_pct / 100]) == pytest.approx(r.joint, abs=0.06)
 
 
-def _predictions(test: pd.DataFrame) -> dict[str, list[str]]:
-    "Synthetic answers: one method answers empty on half its rows, one in one word, one with the human answer."
+def _predictions(test: pd.DataFrame, scored: pd.DataFrame) -> dict[str, list[str]]:
+    """Synthetic answers: one method answers empty on half the scored rows of each language, one in one word, one with
+    the human answer."""
     ans = test["human_answer"].tolist()
-    return {"full_sft": ["" if i % 2 else a for i, a in enumerate(ans)],
+    empty = {i for _, g in scored.groupby("language") for i in g["id"].iloc[::2]}
+    return {"full_sft": ["" if i in empty else a for i, a in zip(test["id"], ans)],
             "dpo": [(a.split() or ["x"])[0] for a in ans],
             "bucket_sft": ans}
 
@@ -79,11 +81,12 @@ def run(tmp_path_factory):
     cfg = load_config("tiny", [f"run_dir={out}", f"detect.rows_per_language={N_ROWS}", "detect.calibration_rows=12",
                                "detect.tiny_steps=4", "detect.bootstrap_samples=20", "detect.batch_size=4"])
     data_stage(cfg)
-    test = D.sample_rows(read_split(out / "data" / "test.parquet"), N_ROWS, cfg.seed)
+    test = read_split(out / "data" / "test.parquet")       # prediction files answer the whole test split
     m = read_manifest(out)
     summary = [{"model": "sanity", "method": "Human", "language": lang, "aggregate": {"overall": 0.9}}
                for lang in ("en", "zh")]
-    for k, (method, answers) in enumerate(_predictions(test).items()):
+    scored = D.sample_rows(test, N_ROWS, cfg.seed)
+    for k, (method, answers) in enumerate(_predictions(test, scored).items()):
         rel = f"predictions/tiny/{method}.jsonl"
         write_jsonl(out / rel, [{"id": i, "method": method, "model": "tiny", "prediction": a}
                                 for i, a in zip(test["id"], answers)])
@@ -92,7 +95,7 @@ def run(tmp_path_factory):
                      "aggregate": {"overall": 0.2 * (k + 1)}} for lang in ("en", "zh")]
     (out / "manifest.json").write_text(json.dumps(m))
     write_json(out / "metrics" / "summary.json", summary)
-    return cfg, test
+    return cfg, scored
 
 
 @pytest.fixture(scope="module")
