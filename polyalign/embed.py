@@ -18,6 +18,7 @@ import pandas as pd
 
 from .core import (METHODS, EmbedConfig, RunConfig, StageResult, atomic_path, derive_seed, file_hash,
                             model_slug, read_jsonl, run_path, stable_hash)
+from .tiny import quiet_progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def build_tiny_encoder(cfg: RunConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     base = build_tiny(tmp / "base", cfg.models.tiny, seed=derive_seed(cfg.seed, "embed-encoder"), kind="encoder")
     end_every_text(base)
-    with _quiet_hf():
+    with quiet_progress_bars():
         tr = Transformer(str(base), max_seq_length=cfg.embed.max_length, modality_config=TEXT_ONLY,
                          module_output_name="token_embeddings")
         st = SentenceTransformer(modules=[tr, Pooling(tr.get_embedding_dimension(), cfg.embed.pooling), Normalize()],
@@ -69,18 +70,6 @@ def end_every_text(tokenizer_dir: str | Path) -> None:
     tok.save_pretrained(tokenizer_dir)
     if not AutoTokenizer.from_pretrained(tokenizer_dir)("")["input_ids"]:
         raise RuntimeError(f"{tokenizer_dir}: the tokenizer still encodes an empty text as no tokens")
-
-
-class _quiet_hf:
-    "Silence the transformers progress bars (weights of a few MB) inside a `with` block."
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-        self.on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-        if self.on: hf_logging.enable_progress_bar()
 
 
 def resolve_dtype(name: str, device: str):
@@ -124,7 +113,7 @@ def load_encoder(cfg: RunConfig, device: str | None = None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tiny = ec.model == "tiny"
     path = str(build_tiny_encoder(cfg)) if tiny else ec.model
-    with _quiet_hf():
+    with quiet_progress_bars():
         model = SentenceTransformer(path, device=device, trust_remote_code=False, local_files_only=tiny,
                                     revision=None if tiny else cfg.models.revisions.get(ec.model) or None,
                                     model_kwargs={"dtype": resolve_dtype(ec.dtype, device)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -16,8 +17,8 @@ from .core import TinyModelSpec, derive_seed
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'LLAMA3_TEMPLATE', 'GEMMA2_TEMPLATE', 'CHAT_FAMILIES', 'MODEL_KINDS',
            'STAND_IN_FAMILIES', 'ChatFamily', 'default_corpus', 'build_tokenizer', 'chat_family', 'build_model',
-           'build_tiny', 'stand_in_family', 'mirror_models', 'finetune_causal_lm', 'build_detector_pair',
-           'train_sequence_classifier', 'build_tiny_classifier']
+           'build_tiny', 'quiet_progress_bars', 'stand_in_family', 'mirror_models', 'finetune_causal_lm',
+           'build_detector_pair', 'train_sequence_classifier', 'build_tiny_classifier']
 
 # %% ../nbs/00a_tiny.ipynb #e3b892e3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -191,14 +192,21 @@ def build_tiny(out_dir: str | Path,  # where the tokenizer and model are saved
     model = build_model(tok, spec, seed, kind, architecture=fam.architecture)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
-    from transformers.utils import logging as hf_logging
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()                       # one shard of a few MB: no progress bar
-    try:
+    with quiet_progress_bars():                             # one shard of a few MB: no progress bar
         model.save_pretrained(out_dir, safe_serialization=True)
-    finally:
-        if bars: hf_logging.enable_progress_bar()
     return out_dir
+
+
+@contextmanager
+def quiet_progress_bars():
+    "Silence the transformers progress bars (tiny weights of a few MB) inside a `with` block, then restore them."
+    from transformers.utils import logging as hf_logging
+    on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if on: hf_logging.enable_progress_bar()
 
 # %% ../nbs/00a_tiny.ipynb #e477f5f5
 # hub id prefix -> the chat family of its stand-in (anything else: ChatML, as Qwen2.5)
