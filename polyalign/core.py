@@ -32,16 +32,16 @@ __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE
            'HELD_OUT_CONSTANT_RULES', 'PACKAGES', 'SELECTION_KEYS', 'ConfigError', 'Method', 'methods_for',
            'method_by_label', 'TinyModelSpec', 'ModelsConfig', 'MetricsConfig', 'FeaturesConfig', 'DataConfig',
            'SFTStageConfig', 'GenerateConfig', 'PreferenceConfig', 'CriticConfig', 'JudgeConfig', 'DetectConfig',
-           'EmbedConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict', 'parse_override',
-           'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir', 'profiles', 'read_yaml',
-           'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash', 'file_hash', 'current_umask',
-           'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell', 'md_escape', 'tex_escape',
-           'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl', 'append_jsonl',
-           'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision', 'write_cached_repo',
-           'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions', 'config_section_hash',
-           'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage', 'parse_overrides',
-           'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path', 'model_slug',
-           'base_model_path', 'model_revision', 'core_stage']
+           'EmbedConfig', 'HumanEvalConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict',
+           'parse_override', 'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir',
+           'profiles', 'read_yaml', 'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash',
+           'file_hash', 'current_umask', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell',
+           'md_escape', 'tex_escape', 'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl',
+           'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision',
+           'write_cached_repo', 'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions',
+           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
+           'parse_overrides', 'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path',
+           'model_slug', 'base_model_path', 'model_revision', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -477,6 +477,46 @@ class EmbedConfig:
 
 
 @dataclass
+class HumanEvalConfig:
+    "The blind human evaluation of Table 8 (10_human_eval): the sample, the annotation packs and the aggregation."
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])  # one set of packs per language (paper: zh)
+    model: str = ""  # the policy model whose answers are rated ("" = the first of models.policies)
+    methods: list[str] = field(default_factory=lambda: ["base_lm", "full_sft", "dpo", "bucket_sft", "hdpo"])
+    include_human: bool = True  # the human reference answer as a hidden control, rated like a method
+    items_per_language: int = 20  # test prompts per language; every method answers each one (a paired design)
+    stratify: list[str] = field(default_factory=lambda: ["length_bin", "track"])  # strata the prompts balance over
+    annotators_per_language: int = 3  # packs per language (one annotator each)
+    annotators_per_item: int = 3  # annotators who rate every prompt (all of its answers); <= annotators_per_language
+    repeat_share: float = 0.1  # share of each pack shown a second time, to measure consistency within an annotator
+    attention_checks: int = 2  # items per pack whose text asks for a given score
+    max_attention_failures: int = 0  # an export failing more attention checks than this is rejected
+    annotations: str = ""  # folder of exported annotation files ("" = <run_dir>/human_eval/annotations)
+    bootstrap_samples: int = 1000  # item-clustered bootstrap of every mean (0 turns intervals off)
+    ci_level: float = 0.95
+    simulate: bool = False  # write simulated annotations (tiny profile): a true score per item plus annotator noise
+    sim_noise: float = 0.6  # standard deviation of a careful simulated annotator's noise, in score points
+    sim_missing: float = 0.05  # share of answers a simulated annotator leaves blank
+    sim_careless: int = 1  # simulated annotators per language who score at random
+    screenshot: bool = False  # save figures/human_eval_page.png from a headless Chromium (needs chromium)
+
+    def __post_init__(self):
+        bad = sorted(set(self.languages) - set(LANGUAGES)) + sorted(set(self.methods) - set(METHODS))
+        if bad or not self.languages or not self.methods:
+            raise ConfigError(f"human_eval.languages and human_eval.methods must be non-empty and known; unknown {bad}")
+        bad = sorted(set(self.stratify) - {"length_bin", "track", "family", "style_bucket", "dataset"})
+        if bad: raise ConfigError(f"human_eval.stratify: unknown field(s) {bad}")
+        if not 1 <= self.annotators_per_item <= self.annotators_per_language:
+            raise ConfigError("human_eval.annotators_per_item must lie in 1..annotators_per_language, got "
+                              f"{self.annotators_per_item} of {self.annotators_per_language}")
+        if self.items_per_language < 1 or self.attention_checks < 0 or self.max_attention_failures < 0:
+            raise ConfigError("human_eval.items_per_language must be >= 1; attention counts must be >= 0")
+        if not (0 <= self.repeat_share <= 0.5 and 0 <= self.sim_missing < 1 and 0 < self.ci_level < 1):
+            raise ConfigError("human_eval.repeat_share must lie in [0, 0.5], sim_missing in [0, 1), ci_level in (0, 1)")
+        if not 0 <= self.sim_careless <= self.annotators_per_language:
+            raise ConfigError("human_eval.sim_careless must lie in 0..annotators_per_language")
+
+
+@dataclass
 class LaunchConfig:
     "How the `sft` and `preference` stages run training: in the calling process, or as launched worker processes."
     processes: int = 1  # training processes (one per GPU; CPU processes with gloo); > 1 launches `polyalign.train`
@@ -508,6 +548,7 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    human_eval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
 
 # %% ../nbs/00_core.ipynb #13566543
 def _hints(cls) -> dict[str, Any]:

@@ -68,6 +68,8 @@ STAGES: tuple[Stage, ...] = (
           "Figure 3"),
     Stage("embed", "09a_embed.ipynb", "embed:embed_stage",
           "answer embeddings, centroid / MMD / paired distances in embedding space; Figure 4"),
+    Stage("human_eval", "10_human_eval.ipynb", "human_eval:human_eval_stage",
+          "blind annotation packs (one page per annotator), export validation, agreement, paired tests; Table 8"),
 )
 
 
@@ -512,7 +514,8 @@ _STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/ta
                  "preference": "pairs/, checkpoints/*/<preference method>-*",
                  "metrics": "tables/table2_*, metrics/", "judge": "judge/, tables/table3_*",
                  "detect": "detect/scores/, tables/table4_detect.*, tables/detect_summary.*, figures/fig3_*",
-                 "embed": "embed/cache/, tables/embedding_distances.*, figures/fig4_*"}
+                 "embed": "embed/cache/, tables/embedding_distances.*, figures/fig4_*",
+                 "human_eval": "human_eval/, tables/table8_human_eval.*, tables/human_eval_*"}
 _STAGE_LOADS = {"data": ("dataset", "url"), "features": ("features.scorer",), "sft": ("models.policies",),
                 "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),
                 "metrics": ("metrics.mauve_featurizer",), "judge": ("judge.judges",), "detect": ("detect.",),
