@@ -12,12 +12,24 @@ export PATH := $(abspath $(BIN)):$(PATH)
 setup: $(STAMP)
 
 # Re-run only when the packaging inputs change; the stamp makes a second `make setup` instant.
+# The annotation page's browser test and screenshot drive Debian's chromium and chromedriver (Selenium never downloads
+# a driver) and need a CJK font. When apt-get cannot install them setup fails, unless POLYALIGN_SKIP_BROWSER=1 is set:
+# then it warns, the browser tests are skipped and human_eval.screenshot must stay false.
 $(STAMP): settings.ini setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23"
 	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name polyalign --display-name "polyalign" >/dev/null
+	@if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null || \
+	    [ -z "$$(fc-list :lang=zh 2>/dev/null)" ]; then \
+	  pkgs="chromium chromium-driver fonts-noto-cjk"; sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs"; \
+	  echo "installing $$pkgs"; \
+	  command -v apt-get >/dev/null && { $$apt >/dev/null || { $$sudo apt-get update -qq && $$apt >/dev/null; }; } || \
+	    { [ "$(POLYALIGN_SKIP_BROWSER)" = 1 ] && echo "warning: $$pkgs not installed: browser tests skipped" || \
+	      { echo "error: could not install $$pkgs (set POLYALIGN_SKIP_BROWSER=1 to set up without them)"; exit 1; }; }; \
+	fi
 	touch $(STAMP)
 
 test: setup

@@ -16,20 +16,19 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .annotate import DIMENSIONS
+from .annotate import DIMENSIONS, EXPORT_SCHEMA, PACK_SCHEMA
 from .core import (LANGUAGES, METHODS, HumanEvalConfig, RunConfig, StageResult, derive_seed, model_slug,
                             run_path)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'HUMAN', 'ATTENTION_TEXT', 'KEY_COLUMNS', 'EXPORT_SCHEMA', 'TABLE8_COLUMNS', 'HUMAN_EVAL_SECTIONS',
-           'ORGANISER_README', 'allocate', 'sample_prompts', 'unit_label', 'assign_prompts', 'build_pack',
-           'build_packs', 'ExportError', 'read_export', 'ExportCheck', 'check_export', 'collect_exports', 'usable',
-           'method_means', 'alpha', 'reliability_matrix', 'agreement_table', 'kappa_pairs', 'annotator_table', 'holm',
-           'paired_tests', 'table8', 'simulate_exports', 'study_model', 'annotations_dir', 'study_predictions',
-           'human_eval_inputs', 'forbidden_names', 'write_study', 'aggregate_and_write', 'human_eval_and_write',
-           'human_eval_stage']
+__all__ = ['log', 'HUMAN', 'ATTENTION_TEXT', 'KEY_COLUMNS', 'TABLE8_COLUMNS', 'HUMAN_EVAL_SECTIONS', 'ORGANISER_README',
+           'allocate', 'sample_prompts', 'unit_label', 'assign_prompts', 'build_pack', 'build_packs', 'ExportError',
+           'read_export', 'ExportCheck', 'check_export', 'collect_exports', 'usable', 'method_means', 'alpha',
+           'reliability_matrix', 'agreement_table', 'kappa_pairs', 'annotator_table', 'holm', 'paired_tests', 'table8',
+           'simulate_exports', 'study_model', 'annotations_dir', 'study_predictions', 'human_eval_inputs',
+           'forbidden_names', 'write_study', 'aggregate_and_write', 'human_eval_and_write', 'human_eval_stage']
 
 # %% ../nbs/10_human_eval.ipynb #097c9440
 def allocate(available: Mapping[str, int], n: int) -> dict[str, int]:
@@ -127,7 +126,7 @@ def build_pack(annotator: str,  # annotator id, e.g. `zh-a2`
     by_id = {it["item"]: it for it in items}
     base = [it["item"] for it in items if it["item"] not in dict(reps).values()]
     order = _place_repeats([base[i] for i in rng.permutation(len(base))], reps, rng)
-    pack = {"schema": "polyalign-human-eval-pack/1", "pack_id": pack_id, "annotator": annotator,
+    pack = {"schema": PACK_SCHEMA, "pack_id": pack_id, "annotator": annotator,
             "language": language, "items": [by_id[i] for i in order]}
     key = pd.DataFrame(key, columns=list(KEY_COLUMNS)).set_index("item").loc[order].reset_index()
     return pack, key
@@ -160,9 +159,6 @@ def build_packs(test: pd.DataFrame,  # the test split
     return packs, pd.concat(keys, ignore_index=True), sample.drop(columns="stratum")
 
 # %% ../nbs/10_human_eval.ipynb #af60fe8d
-EXPORT_SCHEMA = "polyalign-human-eval-export/1"
-
-
 class ExportError(ValueError):
     "An annotation export that cannot be read at all (the message names the file)."
 

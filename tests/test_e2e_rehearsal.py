@@ -1,6 +1,6 @@
 """The rehearsal profile end to end: the paper profile's code paths on a CPU. Models and sources load by hub id at
 their pinned revisions from the local hub mirror, training runs as two launched processes with bf16 autocast over
-fp32 weights, intermediate checkpoints are pruned, and Tables 1-4 and Figures 3 and 4 are written."""
+fp32 weights, intermediate checkpoints are pruned, and Tables 1-4 and 8 and Figures 3 and 4 are written."""
 import json
 import subprocess
 import time
@@ -136,6 +136,25 @@ def test_embedding_distances_and_figure4_cover_every_method_and_language(run):
     assert len(d) == len(models) * 2 * len(methods)
     assert (d["n"] == CFG.embed.rows_per_language).all()
     assert d["centroid_cos_dist"].between(0, 2).all() and (d["mmd2_p"] > 0).all() and (d["mmd2_p"] <= 1).all()
+
+
+def test_human_evaluation_wrote_blind_packs_table8_and_the_page_screenshot(run):
+    out, _ = run
+    hc = CFG.human_eval
+    pages = sorted((out / "human_eval" / "packs").rglob("*.html"))
+    assert len(pages) == len(hc.languages) * hc.annotators_per_language
+    key = pd.read_csv(out / "human_eval" / "key.csv", keep_default_na=False)
+    assert set(key["pack_id"]) == {p.stem for p in pages}
+    model = hc.model or CFG.models.policies[0]
+    for p in pages:
+        html = p.read_text()
+        assert model not in html and model_slug(model) not in html and "key.csv" not in html
+    t8 = pd.read_csv(out / "tables" / "table8_human_eval.csv")
+    assert len(t8) == len(hc.languages) * (len(hc.methods) + hc.include_human)
+    assert (t8["n"] == hc.items_per_language).all() and t8["avg"].between(1, 5).all()
+    report = pd.read_csv(out / "human_eval" / "exports_report.csv")
+    assert (report["status"] == "rejected").sum() == len(hc.languages) * hc.sim_careless
+    assert (out / "figures" / "human_eval_page.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_table2_cells_lie_in_their_bootstrap_intervals(run):
