@@ -7,7 +7,7 @@ STAMP := $(VENV)/.polyalign-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup test rehearsal reproduce bench export readme check-export clean-runs gpu-smoke-bundle gpu-smoke-cpu \
-	vllm-env mutations
+	vllm-env mutations docs
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ rehearsal: setup
 
 reproduce: setup
 	$(BIN)/polyalign reproduce --profile tiny
+
+# The documentation site: one page per notebook with its worked examples executed and the stage results of the tiny
+# run (`make reproduce` first), readable offline from site/index.html.
+docs: setup
+	$(BIN)/python scripts/build_docs.py --nbs nbs --run runs/tiny --out site
 
 bench: setup
 	$(BIN)/python papers/polyalign/bench/run.py

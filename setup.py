@@ -30,6 +30,8 @@ class BuildWithAssets(build_py):
             dst.mkdir(parents=True, exist_ok=True)
             for pattern in patterns:
                 for f in sorted(Path(src).glob(pattern)): shutil.copy2(f, dst / f.name)
+        # the deviations register, which the report renders (`report.deviations_path`)
+        shutil.copy2("papers/polyalign/deviations.md", Path(self.build_lib) / "polyalign" / "assets" / "deviations.md")
 
 
 def reqs(key):
