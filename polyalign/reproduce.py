@@ -70,6 +70,8 @@ STAGES: tuple[Stage, ...] = (
           "answer embeddings, centroid / MMD / paired distances in embedding space; Figure 4"),
     Stage("human_eval", "10_human_eval.ipynb", "human_eval:human_eval_stage",
           "blind annotation packs (one page per annotator), export validation, agreement, paired tests; Table 8"),
+    Stage("report", "13_report.ipynb", "report:report_stage",
+          "Tables 6 and 7, wall time per stage, reported vs reproduced for every table, the report page"),
 )
 
 
@@ -515,7 +517,9 @@ _STAGE_WRITES = {"core": "config.yaml, models/", "data": "raw/, data/, tables/ta
                  "metrics": "tables/table2_*, metrics/", "judge": "judge/, tables/table3_*",
                  "detect": "detect/scores/, tables/table4_detect.*, tables/detect_summary.*, figures/fig3_*",
                  "embed": "embed/cache/, tables/embedding_distances.*, figures/fig4_*",
-                 "human_eval": "human_eval/, tables/table8_human_eval.*, tables/human_eval_*"}
+                 "human_eval": "human_eval/, tables/table8_human_eval.*, tables/human_eval_*",
+                 "report": "report/, tables/table6_compute.*, tables/table7_runtime.*, tables/stage_times.*, "
+                           "tables/compare_*.csv, figures/report_page.png"}
 _STAGE_LOADS = {"data": ("dataset", "url"), "features": ("features.scorer",), "sft": ("models.policies",),
                 "generate": ("models.policies",), "critic": ("critic.encoder",), "preference": (),
                 "metrics": ("metrics.mauve_featurizer",), "judge": ("judge.judges",), "detect": ("detect.",),

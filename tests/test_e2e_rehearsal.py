@@ -1,6 +1,7 @@
 """The rehearsal profile end to end: the paper profile's code paths on a CPU. Models and sources load by hub id at
 their pinned revisions from the local hub mirror, training runs as two launched processes with bf16 autocast over
-fp32 weights, intermediate checkpoints are pruned, and Tables 1-4 and 8 and Figures 3 and 4 are written."""
+fp32 weights, intermediate checkpoints are pruned, Tables 1-4 and 8 and Figures 3 and 4 are written, and the report
+compares them with the paper."""
 import json
 import subprocess
 import time
@@ -155,6 +156,24 @@ def test_human_evaluation_wrote_blind_packs_table8_and_the_page_screenshot(run):
     report = pd.read_csv(out / "human_eval" / "exports_report.csv")
     assert (report["status"] == "rejected").sum() == len(hc.languages) * hc.sim_careless
     assert (out / "figures" / "human_eval_page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_compares_every_table_and_renders_offline(run):
+    import re
+    out, _ = run
+    for t in ("table1", "table2", "table3", "table4", "table7", "table8"):
+        c = pd.read_csv(out / "tables" / f"compare_{t}.csv")
+        assert len(c) and c["reproduced"].notna().any(), t                    # something of the run is compared
+        assert not c["comparable"].any(), t                                 # a rehearsal is not the paper's run
+    st = pd.read_csv(out / "tables" / "stage_times.csv")
+    assert [s.name for s in STAGES if s.name != "report"] == [s for s in st["stage"] if s != "report"]
+    t7 = pd.read_csv(out / "tables" / "table7_runtime.csv")
+    assert {"Full-SFT", "Bucket-SFT", "HDPO"} <= set(t7["stage"]) and t7["runtime_minutes"].notna().any()
+    page = (out / "report" / "index.html").read_text()
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', page)                # offline: nothing from the network
+    for f in ("table2_main", "table8_human_eval", "fig4_embeddings.png", "deviations"): assert f in page, f
+    assert (out / "report" / "index.md").read_text().startswith("#")
+    assert (out / "figures" / "report_page.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_table2_cells_lie_in_their_bootstrap_intervals(run):
