@@ -23,13 +23,14 @@ from .tiny import quiet_progress_bars
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TEXT_ONLY', 'HUMAN_COLOR', 'METHOD_COLOR', 'LINE_COLOR', 'EMBED_SECTIONS', 'DISTANCE_COLUMNS',
-           'build_tiny_encoder', 'end_every_text', 'resolve_dtype', 'set_pooling', 'plain_text_inputs', 'load_encoder',
-           'Embedder', 'sq_dists', 'median_bandwidth', 'rbf', 'centroid_cosine_distance', 'row_cosines', 'mmd_h',
-           'mmd2', 'mmd_permutation_pvalue', 'bootstrap_counts', 'percentile_interval', 'embedding_distances',
-           'embedded_rows', 'linked_predictions', 'answer_sets', 'numba_cache_dir', 'import_umap', 'pca_2d',
-           'umap_neighbors', 'umap_2d', 'project', 'method_name', 'panel_text', 'plot_fig4', 'distance_table',
-           'embed_inputs', 'embed_answers', 'embed_and_write', 'embed_stage']
+__all__ = ['log', 'TEXT_ONLY', 'UMAP_EXACT_MAX', 'HUMAN_COLOR', 'METHOD_COLOR', 'LINE_COLOR', 'EMBED_SECTIONS',
+           'DISTANCE_COLUMNS', 'build_tiny_encoder', 'end_every_text', 'resolve_dtype', 'set_pooling',
+           'plain_text_inputs', 'load_encoder', 'Embedder', 'sq_dists', 'median_bandwidth', 'rbf',
+           'centroid_cosine_distance', 'row_cosines', 'mmd_h', 'mmd2', 'mmd_permutation_pvalue', 'bootstrap_counts',
+           'percentile_interval', 'embedding_distances', 'embedded_rows', 'linked_predictions', 'answer_sets',
+           'numba_cache_dir', 'import_umap', 'pca_2d', 'umap_neighbors', 'umap_2d', 'project', 'method_name',
+           'panel_text', 'plot_fig4', 'distance_table', 'embed_inputs', 'embed_answers', 'embed_and_write',
+           'embed_stage']
 
 # %% ../nbs/09a_embed.ipynb #1f8e2b34
 # answers go in as plain text: a tokenizer's chat template would wrap each one in the same turn header
@@ -367,19 +368,32 @@ def umap_neighbors(requested: int, n_points: int) -> int:
     return max(2, min(requested, n_points - 1))
 
 
+UMAP_EXACT_MAX = 4096  # below this many points UMAP finds neighbours from all pairwise distances (its own rule)
+
+
 def umap_2d(z: np.ndarray, ec: EmbedConfig, seed: int) -> np.ndarray:
-    "A 2-D UMAP of the rows of `z` (cosine metric; n_neighbors clamped, see `umap_neighbors`); PCA below 4 points."
+    """A 2-D UMAP of the rows of `z` (cosine metric; n_neighbors clamped, see `umap_neighbors`); PCA below 4 points.
+    Below `UMAP_EXACT_MAX` points UMAP would call its numba cosine once per pair from Python (38 s of the tiny
+    profile's 51 s embed stage); the same cosine distances come from one matrix product and go in as `precomputed`."""
     if len(z) < 4: return pca_2d(z)
     import warnings
     umap, _ = import_umap()
     k = umap_neighbors(ec.umap_n_neighbors, len(z))
     if k != ec.umap_n_neighbors:
         log.warning("embed.umap_n_neighbors=%d clamped to %d for %d points", ec.umap_n_neighbors, k, len(z))
-    reducer = umap.UMAP(n_neighbors=k, min_dist=ec.umap_min_dist, metric="cosine", random_state=seed % 2**31,
+    z = np.asarray(z, np.float32)
+    if len(z) < UMAP_EXACT_MAX:
+        from sklearn.metrics.pairwise import cosine_distances
+        x, metric = np.clip(cosine_distances(z), 0.0, 2.0), "precomputed"
+        np.fill_diagonal(x, 0.0)
+    else:
+        x, metric = z, "cosine"
+    reducer = umap.UMAP(n_neighbors=k, min_dist=ec.umap_min_dist, metric=metric, random_state=seed % 2**31,
                         n_components=2)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(n_jobs value|disconnected|Graph is not fully connected).*")
-        return np.asarray(reducer.fit_transform(np.asarray(z, np.float32)), np.float64)
+        warnings.filterwarnings("ignore", message=".*(n_jobs value|disconnected|Graph is not fully connected|"
+                                                  "precomputed metric|inverse_transform).*")
+        return np.asarray(reducer.fit_transform(x), np.float64)
 
 
 def project(human: np.ndarray,  # n×d human embeddings of one language
