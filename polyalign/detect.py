@@ -20,10 +20,10 @@ from .core import (METHODS, RunConfig, StageResult, atomic_path, derive_seed, lo
 # %% auto #0
 __all__ = ['BINOCULARS_THRESHOLDS', 'FDG_LLAMA3_CALIBRATION', 'STATUSES', 'DETECT_SECTIONS', 'TABLE4_COLUMNS', 'FIG3_PANELS',
            'binoculars_criterion', 'fast_detectgpt_criterion', 'fdg_p_ai', 'check_same_tokenizer', 'PairDetector',
-           'Binoculars', 'FastDetectGPT', 'Radar', 'rates', 'calibrated_threshold', 'roc_summary', 'paired_roc',
-           'joint', 'Source', 'sample_rows', 'detect_sources', 'tiny_pair', 'sample_answers', 'tiny_classifier',
-           'make_detector', 'detector_tag', 'score_sources', 'summarise', 'agg_cells', 'joint_frame', 'with_reported',
-           'table4', 'write_table4', 'plot_fig3', 'detect_and_write', 'detect_inputs', 'detect_stage']
+           'Binoculars', 'FastDetectGPT', 'Radar', 'rates', 'calibrated_threshold', 'auroc', 'roc_summary',
+           'paired_roc', 'joint', 'Source', 'sample_rows', 'detect_sources', 'tiny_pair', 'sample_answers',
+           'tiny_classifier', 'make_detector', 'detector_tag', 'score_sources', 'summarise', 'agg_cells', 'joint_frame',
+           'with_reported', 'table4', 'write_table4', 'plot_fig3', 'detect_and_write', 'detect_inputs', 'detect_stage']
 
 # %% ../nbs/09_detect.ipynb #dd000006
 BINOCULARS_THRESHOLDS = {"low-fpr": 0.8536432310785527, "accuracy": 0.9015310749276843}  # upstream, falcon-7b pair
@@ -244,13 +244,21 @@ def calibrated_threshold(human_scores: np.ndarray, fpr: float) -> float:
     return float(np.quantile(h, 1 - fpr, method="higher"))
 
 
+def auroc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """The area under the ROC curve of `positive` vs `negative` scores in its Mann-Whitney form, P(pos > neg) plus half
+    of P(pos = neg), from average ranks: sklearn's `roc_auc_score` without its input checks, which took 60 of the
+    tiny detect stage's 70 s inside the bootstrap."""
+    from scipy.stats import rankdata
+    n0, n1 = len(negative), len(positive)
+    r = rankdata(np.r_[negative, positive])
+    return float((r[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
 def roc_summary(human: np.ndarray, machine: np.ndarray, fprs: Sequence[float] = (0.01, 0.05, 0.10)) -> dict:
     "AUROC of machine (positive) vs human AI scores, and the TPR at each human FPR."
-    from sklearn.metrics import roc_auc_score
     h, m = np.asarray(human, dtype=float), np.asarray(machine, dtype=float)
     if len(h) < 2 or len(m) < 2: return {"auroc": np.nan, **{f"tpr_at_{round(f * 100)}": np.nan for f in fprs}}
-    y = np.r_[np.zeros(len(h)), np.ones(len(m))]
-    out = {"auroc": float(roc_auc_score(y, np.r_[h, m])) if len(np.unique(np.r_[h, m])) > 1 else 0.5}
+    out = {"auroc": auroc(h, m)}
     for f in fprs: out[f"tpr_at_{round(f * 100)}"] = float((m > calibrated_threshold(h, f)).mean())
     return out
 
