@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (METHODS, ConfigError, StageResult, base_model_path, derive_seed, log, methods_for,
-                            model_revision, model_slug, run_path)
+from .core import (METHODS, ConfigError, StageResult, atomic_path, base_model_path, derive_seed, log,
+                            methods_for, model_revision, model_slug, run_path)
 from .data import renderer
 from .train import (TrainJob, TrainingPart, accumulation_steps, max_length_for, one_device,
                              train_parts, world_size)
@@ -461,7 +461,9 @@ def plot_loss_curves(cfg, methods: Sequence[str] | None = None, path=None) -> li
     stem = Path(path) if path is not None else run_path(cfg, "figures", "sft_loss")
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
-    for f in out: g.savefig(f, dpi=120)
+    for f in out:   # the stage redraws this figure on every call: no PDF creation date, so a redraw leaves its bytes
+        with atomic_path(f) as tmp:   # (and the report that reads it) unchanged
+            g.savefig(tmp, format=f.suffix[1:], dpi=120, metadata={"CreationDate": None} if f.suffix == ".pdf" else None)
     plt.close(g.figure)
     return out
 
