@@ -172,7 +172,7 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(runs, tmp_path):
 
 
 BATCH_SCRIPT = """
-import json, sys
+import json, os, sys
 from polyalign.bucket_sft import sft_arguments
 from polyalign.core import load_config
 from polyalign.hdpo import preference_arguments
@@ -180,9 +180,10 @@ from polyalign.train import check_global_batch
 paper = load_config("paper")
 a = sft_arguments(paper.sft, sys.argv[1], seed=0, weighted=True)
 b = preference_arguments(paper.preference, sys.argv[1], seed=0, hdpo=True)
-print(json.dumps({"world": a.world_size, "sft": check_global_batch(a, 64, "sft"),
-                  "preference": check_global_batch(b, 64, "preference"),
-                  "accumulation": [a.gradient_accumulation_steps, b.gradient_accumulation_steps]}), flush=True)
+row = {"world": a.world_size, "sft": check_global_batch(a, 64, "sft"),
+       "preference": check_global_batch(b, 64, "preference"),
+       "accumulation": [a.gradient_accumulation_steps, b.gradient_accumulation_steps]}
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f: json.dump(row, f)
 """
 
 
@@ -200,7 +201,8 @@ def test_the_paper_global_batch_is_64_at_any_world_size(tmp_path, monkeypatch):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", str(script), str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env(cuda=False))
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # one file per worker: two processes printing to one stdout can interleave their lines
+    rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert done.returncode == 0 and len(rows) == 2, done.stderr[-2000:]
     assert rows[0] == rows[1] == {"world": 2, "sft": 64, "preference": 64, "accumulation": [8, 16]}
     # 8 processes: configuration arithmetic
