@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (METHODS, ConfigError, StageResult, atomic_path, base_model_path, derive_seed, log,
-                            methods_for, model_revision, model_slug, run_path)
+from .core import (METHODS, ConfigError, StageResult, base_model_path, derive_seed, log, methods_for,
+                            model_revision, model_slug, run_path, save_figure)
 from .data import renderer
 from .train import (TrainJob, TrainingPart, accumulation_steps, max_length_for, one_device,
                              train_parts, world_size)
@@ -459,11 +459,7 @@ def plot_loss_curves(cfg, methods: Sequence[str] | None = None, path=None) -> li
                     height=3, aspect=1.3)
     g.set_titles("{row_name} · {col_name}")
     stem = Path(path) if path is not None else run_path(cfg, "figures", "sft_loss")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
-    for f in out:   # the stage redraws this figure on every call: no PDF creation date, so a redraw leaves its bytes
-        with atomic_path(f) as tmp:   # (and the report that reads it) unchanged
-            g.savefig(tmp, format=f.suffix[1:], dpi=120, metadata={"CreationDate": None} if f.suffix == ".pdf" else None)
+    out = save_figure(g.figure, stem, dpi=120, bbox_inches="tight")   # redrawn on every stage call: same bytes
     plt.close(g.figure)
     return out
 

@@ -35,13 +35,13 @@ __all__ = ['log', 'LANGUAGES', 'SPLITS', 'HAN', 'METHODS', 'SANITY_ROWS', 'TABLE
            'EmbedConfig', 'HumanEvalConfig', 'LaunchConfig', 'RunConfig', 'config_to_dict', 'config_from_dict',
            'parse_override', 'apply_overrides', 'project_root', 'package_data_dir', 'asset_path', 'config_dir',
            'profiles', 'read_yaml', 'check_methods', 'pins_path', 'load_config', 'save_config', 'stable_hash',
-           'file_hash', 'current_umask', 'atomic_path', 'atomic_write_text', 'write_json', 'read_json', 'fmt_cell',
-           'md_escape', 'tex_escape', 'markdown_table', 'latex_table', 'write_table', 'write_jsonl', 'read_jsonl',
-           'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id', 'content_revision',
-           'write_cached_repo', 'hub_cache_dir_repo', 'derive_seed', 'seed_everything', 'package_versions',
-           'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current', 'StageResult', 'run_stage',
-           'parse_overrides', 'caller_path', 'stage_config', 'hub_mirror_dir', 'use_hub_cache', 'run_path',
-           'model_slug', 'base_model_path', 'model_revision', 'core_stage']
+           'file_hash', 'current_umask', 'atomic_path', 'atomic_write_text', 'save_figure', 'write_json', 'read_json',
+           'fmt_cell', 'md_escape', 'tex_escape', 'markdown_table', 'latex_table', 'write_table', 'write_jsonl',
+           'read_jsonl', 'append_jsonl', 'repair_jsonl_tail', 'write_parquet', 'read_parquet', 'git_blob_id',
+           'content_revision', 'write_cached_repo', 'hub_cache_dir_repo', 'derive_seed', 'seed_everything',
+           'package_versions', 'config_section_hash', 'manifest_path', 'read_manifest', 'stage_is_current',
+           'StageResult', 'run_stage', 'parse_overrides', 'caller_path', 'stage_config', 'hub_mirror_dir',
+           'use_hub_cache', 'run_path', 'model_slug', 'base_model_path', 'model_revision', 'core_stage']
 
 # %% ../nbs/00_core.ipynb #e652affb
 log = logging.getLogger("polyalign")
@@ -821,6 +821,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     "Write text atomically; returns the path."
     with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def save_figure(fig, stem: str | Path, dpi: int = 150, **kwargs) -> list[Path]:
+    """`<stem>.png` and `<stem>.pdf` of a matplotlib figure, each written atomically; the PDF carries no creation date,
+    so redrawing the same figure leaves both files' bytes (and whatever hashes them as an input) unchanged."""
+    out = [Path(stem).with_suffix(f".{ext}") for ext in ("png", "pdf")]
+    for p in out:
+        meta = {"CreationDate": None} if p.suffix == ".pdf" else None
+        with atomic_path(p) as tmp: fig.savefig(tmp, format=p.suffix[1:], dpi=dpi, metadata=meta, **kwargs)
+    return out
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (METHODS, RunConfig, StageResult, atomic_path, derive_seed, log, read_json, read_jsonl,
-                            read_parquet, run_path, stable_hash, write_parquet, write_table)
+                            read_parquet, run_path, save_figure, stable_hash, write_parquet, write_table)
 
 # %% auto #0
 __all__ = ['BINOCULARS_THRESHOLDS', 'FDG_LLAMA3_CALIBRATION', 'STATUSES', 'DETECT_SECTIONS', 'TABLE4_COLUMNS', 'FIG3_PANELS',
@@ -560,12 +560,7 @@ def plot_fig3(cells: pd.DataFrame, out_stem: str | Path) -> list[Path]:
             ax.set_title(f"{lang}: ({'ab'[c // 2]}) {name}", fontsize=10)
             if ax.get_legend() is not None and (r, c) != (0, 3): ax.get_legend().remove()
     fig.tight_layout()
-    stem = Path(out_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        with atomic_path(stem.with_suffix(f".{ext}")) as tmp: fig.savefig(tmp, format=ext, dpi=150)
-        paths.append(stem.with_suffix(f".{ext}"))
+    paths = save_figure(fig, out_stem)
     plt.close(fig)
     return paths
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (METHODS, EmbedConfig, RunConfig, StageResult, atomic_path, derive_seed, file_hash,
-                            model_slug, read_jsonl, run_path, stable_hash)
+                            model_slug, read_jsonl, run_path, save_figure, stable_hash)
 from .tiny import quiet_progress_bars
 
 log = logging.getLogger(__name__)
@@ -479,11 +479,7 @@ def plot_fig4(proj: Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
                plt.Line2D([], [], ls="", marker="*", color="0.3", markersize=11, label="Centroid (2-D)")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
-    out = []
-    for fmt in ("png", "pdf"):
-        path = Path(stem).with_suffix(f".{fmt}")
-        with atomic_path(path) as tmp: fig.savefig(tmp, format=fmt, dpi=150)
-        out.append(path)
+    out = save_figure(fig, stem)
     plt.close(fig)
     return out
 
